@@ -1,0 +1,1 @@
+//! The harness runtime (being written).

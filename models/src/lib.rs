@@ -1,0 +1,78 @@
+//! The [`ChatModel`] trait and its backends.
+//!
+//! - [`openai`]: any OpenAI-compatible chat-completions endpoint (vLLM, SGLang, llama.cpp server,
+//!   Ollama, hosted APIs through a proxy).
+//! - [`oracle`]: replays a task's gold actions; used to validate environments and scorers.
+
+use async_trait::async_trait;
+use kiln_protocol::trajectory::TokenRecord;
+use kiln_protocol::{Message, SamplingParams, ToolSchema, Usage};
+
+pub mod oracle;
+pub mod openai;
+
+/// One chat request.
+#[derive(Debug, Clone, Default)]
+pub struct ChatRequest {
+    pub messages: Vec<Message>,
+    /// Tools offered through the API's native tool calling (empty: none offered).
+    pub tools: Vec<ToolSchema>,
+    pub sampling: SamplingParams,
+    /// Extra stop sequences.
+    pub stop: Vec<String>,
+}
+
+/// One chat response.
+#[derive(Debug, Clone)]
+pub struct ChatResponse {
+    /// The assistant message (text and/or native tool calls).
+    pub message: Message,
+    pub usage: Usage,
+    /// Backend's finish reason (`stop`, `length`, `tool_calls`), when it gives one.
+    pub finish_reason: Option<String>,
+    /// Token ids and logprobs, for local models.
+    pub tokens: Option<TokenRecord>,
+}
+
+/// What went wrong in a model call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelErrorKind {
+    /// Could not connect (refused, DNS, TLS).
+    Connect,
+    /// No answer within the configured timeout.
+    Timeout,
+    /// HTTP 429 after all retries.
+    RateLimited,
+    /// Another HTTP error status (after retries for 5xx).
+    Http,
+    /// The backend answered with something that is not a valid response.
+    InvalidResponse,
+    /// The model cannot be loaded or the request cannot be served (e.g. prompt too long).
+    Unavailable,
+}
+
+/// A failed model call. `kind()` says what failed; the message names the endpoint and cause.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct ModelError {
+    kind: ModelErrorKind,
+    message: String,
+}
+
+impl ModelError {
+    pub fn new(kind: ModelErrorKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+    pub fn kind(&self) -> ModelErrorKind {
+        self.kind
+    }
+}
+
+/// A chat model. Implementations are shared across concurrent episodes (`Send + Sync`); per-episode
+/// state (like the oracle's cursor) lives in a per-episode instance.
+#[async_trait]
+pub trait ChatModel: Send + Sync {
+    /// Label recorded in outcomes.
+    fn label(&self) -> String;
+    async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError>;
+}

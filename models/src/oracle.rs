@@ -1,0 +1,1 @@
+//! Oracle backend (being written).
