@@ -6,7 +6,9 @@
 
 use async_trait::async_trait;
 use kiln_protocol::trajectory::TokenRecord;
-use kiln_protocol::{Message, SamplingParams, ToolSchema, Usage};
+use std::sync::Arc;
+
+use kiln_protocol::{Action, Message, SamplingParams, ToolSchema, Usage};
 
 pub mod oracle;
 pub mod openai;
@@ -75,4 +77,20 @@ pub trait ChatModel: Send + Sync {
     /// Label recorded in outcomes.
     fn label(&self) -> String;
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError>;
+}
+
+/// Builds the model one episode talks to. Most backends hand out one shared instance; the oracle
+/// builds a fresh replayer over the task's gold plan, which is only known after the environment's
+/// reset.
+#[async_trait]
+pub trait ModelFactory: Send + Sync {
+    /// Label recorded in outcomes (`oracle`, `openai:MODEL@URL`).
+    fn label(&self) -> String;
+    /// Checks the backend is usable before a run starts (endpoint reachable, model file present),
+    /// so a misconfigured run fails before anything is written.
+    async fn preflight(&self) -> Result<(), ModelError> {
+        Ok(())
+    }
+    /// The model for one episode. `gold_plan` is the environment's oracle plan, when it has one.
+    fn for_episode(&self, gold_plan: Option<&[Action]>) -> Result<Arc<dyn ChatModel>, ModelError>;
 }
