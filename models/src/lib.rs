@@ -3,6 +3,10 @@
 //! - [`openai`]: any OpenAI-compatible chat-completions endpoint (vLLM, SGLang, llama.cpp server,
 //!   Ollama, hosted APIs through a proxy).
 //! - [`oracle`]: replays a task's gold actions; used to validate environments and scorers.
+//! - [`factory`]: picks the backend for a [`kiln_protocol::ModelSpec`].
+//! - `testing` (feature `testing`): a scripted OpenAI-compatible HTTP server for tests.
+//!
+//! Embedded candle GGUF inference (`local:` specs) is not built yet; [`factory_for`] says so.
 
 use async_trait::async_trait;
 use kiln_protocol::trajectory::TokenRecord;
@@ -10,8 +14,15 @@ use std::sync::Arc;
 
 use kiln_protocol::{Action, Message, SamplingParams, ToolSchema, Usage};
 
-pub mod oracle;
+pub mod factory;
 pub mod openai;
+pub mod oracle;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use factory::{factory_for, openai_factory};
+pub use openai::{OpenAiChat, OpenAiConfig, RetryPolicy};
+pub use oracle::{OracleModel, STOP_SIGNAL};
 
 /// One chat request.
 #[derive(Debug, Clone, Default)]
@@ -63,7 +74,10 @@ pub struct ModelError {
 
 impl ModelError {
     pub fn new(kind: ModelErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn kind(&self) -> ModelErrorKind {
         self.kind
