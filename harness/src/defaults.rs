@@ -1,0 +1,71 @@
+//! The default harness files shipped in `harnesses/`, embedded in the binary.
+
+use kiln_protocol::HarnessSpec;
+
+use crate::spec::{SpecFormat, parse_spec};
+
+/// `harnesses/tau2.toml`: τ²-bench (native tools, text fallback, policy in the system prompt).
+pub const TAU2_TOML: &str = include_str!("../../harnesses/tau2.toml");
+/// `harnesses/react-text.toml`: text-only ReAct tool calls for small models.
+pub const REACT_TEXT_TOML: &str = include_str!("../../harnesses/react-text.toml");
+
+/// The built-in harness files by name (`tau2`, `react-text`) and their TOML text.
+pub const BUILTIN_HARNESSES: [(&str, &str); 2] =
+    [("tau2", TAU2_TOML), ("react-text", REACT_TEXT_TOML)];
+
+/// A built-in harness by name.
+pub fn builtin_harness(name: &str) -> Option<HarnessSpec> {
+    let (_, text) = BUILTIN_HARNESSES
+        .iter()
+        .find(|(builtin, _)| *builtin == name)?;
+    Some(parse_builtin(text))
+}
+
+/// The harness a run uses when none is given: `tau2` for τ² environments, `react-text` otherwise.
+pub fn default_for_env(env_id: &str) -> HarnessSpec {
+    if env_id.starts_with("tau2") {
+        return parse_builtin(TAU2_TOML);
+    }
+    parse_builtin(REACT_TEXT_TOML)
+}
+
+fn parse_builtin(text: &str) -> HarnessSpec {
+    // The embedded files are part of the source; the tests below validate each one.
+    parse_spec(text, SpecFormat::Toml).expect("embedded harness files are valid")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::Harness;
+    use kiln_protocol::Hook;
+
+    #[test]
+    fn every_builtin_harness_is_valid_and_named_after_its_file() {
+        for (name, _) in BUILTIN_HARNESSES {
+            let spec = builtin_harness(name).unwrap();
+            assert_eq!(spec.name, name);
+            Harness::new(&spec).unwrap();
+        }
+        assert!(builtin_harness("nope").is_none());
+    }
+
+    #[test]
+    fn tau2_environments_get_the_tau2_harness() {
+        assert_eq!(default_for_env("tau2-retail").name, "tau2");
+        assert_eq!(default_for_env("tau2-airline").name, "tau2");
+        assert_eq!(default_for_env("alfworld").name, "react-text");
+    }
+
+    #[test]
+    fn the_tau2_harness_runs_its_processors_in_the_intended_order() {
+        let harness = Harness::new(&default_for_env("tau2-retail")).unwrap();
+        assert_eq!(
+            harness.processors_at(Hook::TaskStart),
+            ["tools", "system", "recorder"]
+        );
+        assert_eq!(harness.processors_at(Hook::AfterModel), ["parser", "retry"]);
+        assert_eq!(harness.processors_at(Hook::StepStart), ["limit"]);
+        assert_eq!(harness.processors_at(Hook::StepEnd), ["loops"]);
+    }
+}
