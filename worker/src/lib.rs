@@ -1,1 +1,28 @@
-//! The worker (being written).
+//! The Kiln worker: takes tasks from a [`Transport`], runs their episodes, publishes
+//! [`TaskResult`]s and settles the leases.
+//!
+//! - [`transport`]: the lease-based transport abstraction (JetStream-shaped) and
+//!   [`in_process`], the embedded implementation on tokio primitives;
+//! - [`harness_store`]: harness specs by content hash;
+//! - [`worker`]: the slot loop, with panic and timeout isolation per episode, and [`episode`], its
+//!   default episode runner (kiln-harness's loop);
+//! - [`aux_model`]: the adapter that gives environments a chat model as their simulated user or
+//!   judge.
+
+pub mod aux_model;
+pub mod episode;
+pub mod failure;
+pub mod harness_store;
+pub mod in_process;
+pub mod resolve;
+pub mod transport;
+pub mod worker;
+
+pub use aux_model::ChatAuxModel;
+pub use episode::HarnessEpisodeRunner;
+pub use failure::{TaskFailure, failure_result};
+pub use harness_store::{HarnessStore, InMemoryHarnessStore};
+pub use in_process::{InProcessTransport, TransportStats};
+pub use resolve::{BackendModelResolver, CatalogEnvResolver, EnvResolver, ModelResolver};
+pub use transport::{TaskLease, TaskResult, Transport, TransportError, TransportErrorKind};
+pub use worker::{Episode, EpisodeRunner, WorkerConfig, WorkerDeps, WorkerStats, run_worker};

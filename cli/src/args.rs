@@ -1,0 +1,108 @@
+//! The command line, as clap derive types.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Kiln: a benchmark cluster for LLM agents.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub logging: LoggingArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where logs go (always stderr) and how they look.
+#[derive(Debug, Args)]
+pub struct LoggingArgs {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter (`warn`, `info`, `kiln_worker=debug`, …); `RUST_LOG` overrides it.
+    #[arg(long, global = true, default_value = "warn")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a harness with a model on an environment's tasks, and write a report.
+    Run(RunArgs),
+    /// List environments, their splits and task counts, and whether their data is installed.
+    Envs,
+    /// Validate, show or compare harness files.
+    #[command(subcommand)]
+    Harness(HarnessCommand),
+    /// Regenerate `report.md` of a run directory and print its summary.
+    Report {
+        /// The run directory (`runs/<run-id>` or an `--out` directory).
+        dir: PathBuf,
+    },
+}
+
+/// `kiln run`. Options left out take their value from `run.toml` when resuming, else the default.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Environment id (`kiln envs` lists them). Required unless resuming.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Split of the environment's tasks [default: test].
+    #[arg(long)]
+    pub split: Option<String>,
+    /// Which tasks of the split: `all`, a count N (the first N), or ids separated by commas
+    /// (`--tasks 7,12`; a single id needs a trailing comma: `--tasks 7,`) [default: all].
+    #[arg(long)]
+    pub tasks: Option<String>,
+    /// Attempts per task; pass^k is reported for k = 1..attempts [default: 1].
+    #[arg(long)]
+    pub attempts: Option<u32>,
+    /// Episodes run concurrently.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Agent model: `oracle`, `openai:MODEL@URL`, `local:NAME` [default: oracle].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Harness file (TOML or JSON) [default: the environment's built-in harness].
+    #[arg(long)]
+    pub harness: Option<PathBuf>,
+    /// Simulated user: `scripted` (offline; not comparable to official τ² numbers), `model:SPEC`
+    /// (an LLM user) or `none` [default: scripted].
+    #[arg(long)]
+    pub user: Option<String>,
+    /// Judge model for NL assertions (a model spec); without one they are reported unjudged.
+    #[arg(long)]
+    pub judge: Option<String>,
+    /// Run directory [default: runs/<run-id>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue a run: record only its missing (task, attempt) keys. Without DIR: the `--out`
+    /// directory, else the newest run under `runs/`.
+    #[arg(long, value_name = "DIR", num_args = 0..=1)]
+    pub resume: Option<Option<PathBuf>>,
+    /// Wall-clock limit of one episode in seconds, 0 for none [default: 600].
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HarnessCommand {
+    /// Check harness files; prints each one's content hash.
+    Validate {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Print the canonical form of harness files.
+    Show {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Processor-level differences from the first file to the second.
+    Diff { before: PathBuf, after: PathBuf },
+}

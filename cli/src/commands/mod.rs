@@ -1,0 +1,6 @@
+//! One module per subcommand.
+
+pub mod envs;
+pub mod harness;
+pub mod report;
+pub mod run;
