@@ -4,6 +4,7 @@
 //!   Ollama, hosted APIs through a proxy).
 //! - [`oracle`]: replays a task's gold actions; used to validate environments and scorers.
 //! - [`factory`]: picks the backend for a [`kiln_protocol::ModelSpec`].
+//! - [`local`]: embedded GGUF models: model file, GGUF reader, tokenizer, chat template.
 //! - `testing` (feature `testing`): a scripted OpenAI-compatible HTTP server for tests.
 //!
 //! Embedded candle GGUF inference (`local:` specs) is not built yet; [`factory_for`] says so.
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use kiln_protocol::{Action, Message, SamplingParams, ToolSchema, Usage};
 
 pub mod factory;
+pub mod local;
 pub mod openai;
 pub mod oracle;
 #[cfg(feature = "testing")]
