@@ -93,6 +93,27 @@ pub trait ChatModel: Send + Sync {
     /// Label recorded in outcomes.
     fn label(&self) -> String;
     async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse, ModelError>;
+
+    /// Log-likelihood of each candidate continuation after the rendered `messages` (the assistant
+    /// turn is opened, each candidate is scored as its content). Used to pick among an
+    /// environment's admissible actions. Backends without token-level access return
+    /// `Unavailable`.
+    async fn score(&self, messages: &[Message], candidates: &[String]) -> Result<Vec<CandidateScore>, ModelError> {
+        let _ = (messages, candidates);
+        Err(ModelError::new(
+            ModelErrorKind::Unavailable,
+            format!("model `{}` cannot score candidates (needs a local model)", self.label()),
+        ))
+    }
+}
+
+/// Log-likelihood of one candidate continuation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CandidateScore {
+    /// Sum of the candidate tokens' log-probabilities.
+    pub logprob: f64,
+    /// Number of candidate tokens (for length-normalised choice).
+    pub tokens: usize,
 }
 
 /// Builds the model one episode talks to. Most backends hand out one shared instance; the oracle
