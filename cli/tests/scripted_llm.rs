@@ -1,87 +1,52 @@
-//! A run against a real HTTP model: `kiln-scripted-llm` (kiln-models, feature `testing`) serves an
-//! OpenAI-compatible script in a separate process. One task gets a valid tool call, one a malformed
+//! A run against a real HTTP model: kiln-models' `ScriptedServer` (feature `testing`) serves an
+//! OpenAI-compatible script on a loopback port; the `kiln` binary runs as a separate process. One task gets a valid tool call, one a malformed
 //! tool call, one HTTP 500s; each is recorded in its outcome and the run completes.
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use common::{assert_success, kiln, outcome_lines, stdout, unique_keys};
-use kiln_models::testing::{Matcher, Rule, Script, ScriptedResponse};
+use kiln_models::testing::{Matcher, Rule, Script, ScriptedResponse, ScriptedServer};
 use kiln_protocol::{Termination, Trajectory};
 use serde_json::json;
 
-/// Builds `kiln-scripted-llm` into the target directory of the `kiln` binary under test (cargo
-/// does not build a dependency's binaries for us) and returns its path.
-fn scripted_llm_binary() -> PathBuf {
-    let kiln = Path::new(common::kiln_binary());
-    let profile_dir = kiln.parent().expect("kiln lives in a profile directory");
-    let target_dir = profile_dir
-        .parent()
-        .expect("the profile directory is inside the target directory");
-    let profile = match profile_dir.file_name().and_then(|name| name.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => "dev",
-    };
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "kiln-models",
-            "--features",
-            "testing",
-            "--bin",
-            "kiln-scripted-llm",
-        ])
-        .args(["--profile", profile, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("cargo runs");
-    assert!(status.success(), "building kiln-scripted-llm failed");
-    let binary = profile_dir.join(format!("kiln-scripted-llm{}", std::env::consts::EXE_SUFFIX));
-    assert!(binary.exists(), "{} was not built", binary.display());
-    binary
-}
-
-/// The scripted model server, killed on drop.
+/// The scripted OpenAI-compatible server, on a runtime of its own inside the test process: the
+/// `kiln` binary under test is a separate process and talks real HTTP to it. Stops on drop.
 struct ScriptedLlm {
-    child: Child,
+    server: Option<ScriptedServer>,
+    runtime: tokio::runtime::Runtime,
     base_url: String,
 }
 
 impl ScriptedLlm {
-    fn start(script: &Script, dir: &Path) -> Self {
-        let script_path = dir.join("script.json");
-        std::fs::write(&script_path, serde_json::to_string_pretty(script).unwrap()).unwrap();
-        let mut child = Command::new(scripted_llm_binary())
-            .arg("--script")
-            .arg(&script_path)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("kiln-scripted-llm starts");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut first_line)
-            .unwrap();
-        let base_url = first_line.trim().to_string();
+    fn start(script: Script) -> Self {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the scripted server");
+        let server = runtime
+            .block_on(ScriptedServer::start(script))
+            .expect("the scripted server binds a loopback port");
+        let base_url = server.base_url();
         assert!(
             base_url.starts_with("http://127.0.0.1:"),
-            "unexpected first line `{base_url}`"
+            "unexpected base url `{base_url}`"
         );
-        Self { child, base_url }
+        Self {
+            server: Some(server),
+            runtime,
+            base_url,
+        }
     }
 }
 
 impl Drop for ScriptedLlm {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // Dropping the server inside its runtime lets it shut its listener down cleanly.
+        let _guard = self.runtime.enter();
+        self.server.take();
     }
 }
 
@@ -129,7 +94,7 @@ fn trajectory_of(dir: &Path, task_id: &str) -> Trajectory {
 #[test]
 fn valid_malformed_and_failing_model_replies_are_each_recorded() {
     let work = tempfile::tempdir().unwrap();
-    let server = ScriptedLlm::start(&script(), work.path());
+    let server = ScriptedLlm::start(script());
     let model = format!("openai:scripted@{}", server.base_url);
     let tasks = format!("{},{},{}", VALID_TASK.0, MALFORMED_TASK.0, FAILING_TASK.0);
     let output = kiln(
