@@ -1,0 +1,93 @@
+//! The environments Kiln knows, by id: what `kiln envs` lists and what `--env` accepts.
+//!
+//! Factories load their data lazily, so listing them is cheap; [`open`] loads eagerly so that a
+//! missing installation is reported before any work is dispatched.
+
+use std::sync::Arc;
+
+use crate::tau2::Domain;
+use crate::tau2::env::{Tau2Factory, env_id};
+use crate::{EnvContext, EnvError, EnvErrorKind, EnvironmentFactory};
+
+/// Every environment id, in listing order.
+pub fn known_ids() -> Vec<&'static str> {
+    TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect()
+}
+
+const TAU2_DOMAINS: [Domain; 2] = [Domain::Retail, Domain::Airline];
+
+/// One factory per known environment. Their data is loaded on first use; a factory whose data is
+/// missing lists no splits and fails `create`/`task_ids` with a [`EnvErrorKind::Data`] error.
+pub fn factories(ctx: &EnvContext) -> Vec<Arc<dyn EnvironmentFactory>> {
+    TAU2_DOMAINS
+        .iter()
+        .map(|domain| Arc::new(Tau2Factory::new(*domain, ctx)) as Arc<dyn EnvironmentFactory>)
+        .collect()
+}
+
+/// The factory of `env_id`, with its data loaded. Unknown ids are [`EnvErrorKind::UnknownEnv`]
+/// (listing the known ids); missing data is [`EnvErrorKind::Data`] saying to run `ops/setup tau2`.
+pub fn open(
+    env_id_wanted: &str,
+    ctx: &EnvContext,
+) -> Result<Arc<dyn EnvironmentFactory>, EnvError> {
+    let Some(domain) = TAU2_DOMAINS
+        .into_iter()
+        .find(|domain| env_id(*domain) == env_id_wanted)
+    else {
+        return Err(EnvError::new(
+            EnvErrorKind::UnknownEnv,
+            format!(
+                "unknown environment `{env_id_wanted}`; known environments: {}",
+                known_ids().join(", ")
+            ),
+        ));
+    };
+    let factory = Tau2Factory::new(domain, ctx);
+    factory.data()?;
+    Ok(Arc::new(factory))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_ids_list_the_known_ones() {
+        let error = open("tau3-retail", &EnvContext::default()).err().unwrap();
+        assert_eq!(error.kind(), EnvErrorKind::UnknownEnv);
+        assert!(
+            error.to_string().contains("tau2-retail, tau2-airline"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn missing_data_is_reported_at_open_and_listing_still_works() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = EnvContext {
+            data_dir: dir.path().to_path_buf(),
+            ..EnvContext::default()
+        };
+        let error = open("tau2-retail", &ctx).err().unwrap();
+        assert_eq!(error.kind(), EnvErrorKind::Data);
+        assert!(error.to_string().contains("run ops/setup tau2"), "{error}");
+
+        let listed = factories(&ctx);
+        let ids: Vec<&str> = listed.iter().map(|factory| factory.id()).collect();
+        assert_eq!(ids, ["tau2-retail", "tau2-airline"]);
+        assert!(listed[0].splits().is_empty());
+        assert_eq!(
+            listed[0].task_ids("test").unwrap_err().kind(),
+            EnvErrorKind::Data
+        );
+        assert_eq!(
+            listed[1]
+                .create(&serde_json::Value::Null)
+                .err()
+                .unwrap()
+                .kind(),
+            EnvErrorKind::Data
+        );
+    }
+}
