@@ -9,9 +9,16 @@ pub const TAU2_TOML: &str = include_str!("../../harnesses/tau2.toml");
 /// `harnesses/react-text.toml`: text-only ReAct tool calls for small models.
 pub const REACT_TEXT_TOML: &str = include_str!("../../harnesses/react-text.toml");
 
-/// The built-in harness files by name (`tau2`, `react-text`) and their TOML text.
-pub const BUILTIN_HARNESSES: [(&str, &str); 2] =
-    [("tau2", TAU2_TOML), ("react-text", REACT_TEXT_TOML)];
+/// `harnesses/small-model.toml`: compact prompt, ReAct text tools and admissible-action choice for
+/// small local models.
+pub const SMALL_MODEL_TOML: &str = include_str!("../../harnesses/small-model.toml");
+
+/// The built-in harness files by name (`tau2`, `react-text`, `small-model`) and their TOML text.
+pub const BUILTIN_HARNESSES: [(&str, &str); 3] = [
+    ("tau2", TAU2_TOML),
+    ("react-text", REACT_TEXT_TOML),
+    ("small-model", SMALL_MODEL_TOML),
+];
 
 /// A built-in harness by name.
 pub fn builtin_harness(name: &str) -> Option<HarnessSpec> {

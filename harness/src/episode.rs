@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::events::{
     AfterModelEvent, AfterToolEvent, BeforeModelEvent, BeforeToolEvent, HookEvent, PromptRecording,
-    RecordingPolicy, StepContext, StepEndEvent, StepStartEvent, StopRequest, TaskEndEvent,
+    RecordingPolicy, Scorer, StepContext, StepEndEvent, StepStartEvent, StopRequest, TaskEndEvent,
     TaskStartEvent,
 };
 use crate::harness::{Harness, Slot};
@@ -165,6 +165,9 @@ struct Episode<'a> {
     reset_done: bool,
     model_label: String,
     conversation: Vec<Message>,
+    /// The environment's latest list of admissible actions (from reset, then each step that
+    /// gives one; a vetoed action leaves it as it was).
+    admissible: Option<Vec<String>>,
     opening: Vec<Message>,
     native_tools: Vec<ToolSchema>,
     sampling: SamplingParams,
@@ -186,6 +189,7 @@ impl<'a> Episode<'a> {
             reset_done: false,
             model_label,
             conversation: Vec::new(),
+            admissible: None,
             opening: Vec::new(),
             native_tools: Vec::new(),
             sampling: base_sampling(task),
@@ -209,6 +213,7 @@ impl<'a> Episode<'a> {
             }
         };
         self.reset_done = true;
+        self.admissible = info.admissible_actions.clone();
         let plan = env.oracle_plan();
         let model = match models.for_episode(plan.as_deref()) {
             Ok(model) => model,
@@ -280,7 +285,8 @@ impl<'a> Episode<'a> {
         debug!(step = index, "step started");
 
         let step_start = {
-            let ctx = StepContext::new(self.task, info, index, &self.conversation);
+            let ctx = StepContext::new(self.task, info, index, &self.conversation)
+                .with_admissible_actions(self.admissible.as_deref());
             let mut event = StepStartEvent::new(ctx);
             dispatch(&mut self.slots, &mut event, &mut notes)
                 .await
@@ -301,7 +307,8 @@ impl<'a> Episode<'a> {
         }
 
         let request = {
-            let ctx = StepContext::new(self.task, info, index, &self.conversation);
+            let ctx = StepContext::new(self.task, info, index, &self.conversation)
+                .with_admissible_actions(self.admissible.as_deref());
             let mut event = BeforeModelEvent::new(
                 ctx,
                 self.native_tools.clone(),
@@ -361,7 +368,8 @@ impl<'a> Episode<'a> {
         }
 
         let step_end = {
-            let ctx = StepContext::new(self.task, info, index, &self.conversation);
+            let ctx = StepContext::new(self.task, info, index, &self.conversation)
+                .with_admissible_actions(self.admissible.as_deref());
             let mut event =
                 StepEndEvent::new(ctx, &step.model, &step.actions, env_ending.is_some());
             dispatch(&mut self.slots, &mut event, &mut notes)
@@ -429,8 +437,11 @@ impl<'a> Episode<'a> {
             self.record_response(&response, &mut step.model);
 
             let verdict = {
-                let ctx = StepContext::new(self.task, info, index, &self.conversation);
-                let mut event = AfterModelEvent::new(ctx, step.model.retries, &response);
+                let ctx = StepContext::new(self.task, info, index, &self.conversation)
+                    .with_admissible_actions(self.admissible.as_deref());
+                let mut event = AfterModelEvent::new(ctx, step.model.retries, &response)
+                    .with_prompt(&request.messages)
+                    .with_scorer(Scorer::new(model));
                 dispatch(&mut self.slots, &mut event, notes).await?;
                 event.into_verdict()
             };
@@ -490,7 +501,8 @@ impl<'a> Episode<'a> {
     ) -> Result<(ActionRecord, Option<Termination>), Ending> {
         let started_at = now_ms();
         let (action, veto) = {
-            let ctx = StepContext::new(self.task, info, index, &self.conversation);
+            let ctx = StepContext::new(self.task, info, index, &self.conversation)
+                .with_admissible_actions(self.admissible.as_deref());
             let mut event = BeforeToolEvent::new(ctx, action);
             dispatch(&mut self.slots, &mut event, notes).await?;
             event.into_parts()
@@ -509,8 +521,12 @@ impl<'a> Episode<'a> {
                 Ending::failure(Termination::EnvError, message)
             })?,
         };
+        if let Some(admissible) = &result.admissible_actions {
+            self.admissible = Some(admissible.clone());
+        }
         let observation = {
-            let ctx = StepContext::new(self.task, info, index, &self.conversation);
+            let ctx = StepContext::new(self.task, info, index, &self.conversation)
+                .with_admissible_actions(self.admissible.as_deref());
             let mut event = AfterToolEvent::new(
                 ctx,
                 &action,

@@ -7,7 +7,7 @@
 //! | `task_start` | system prompt, opening messages, natively offered tools, tool catalogue text, sampling, recording policy |
 //! | `step_start` | inject messages into the conversation, stop the episode |
 //! | `before_model` | the prompt's messages, the offered tools, sampling, stop sequences |
-//! | `after_model` | the assistant message to record, the parsed actions or a parse error, request a retry, stop |
+//! | `after_model` | the assistant message to record, the parsed actions or a parse error, request a retry, stop; may score candidate replies through the episode's model ([`Scorer`]) |
 //! | `before_tool` | rewrite the action, or veto it with a synthetic observation |
 //! | `after_tool` | the observation the agent will see |
 //! | `step_end` | inject messages into the conversation, stop the episode |
@@ -15,8 +15,12 @@
 //!
 //! Every event can carry notes (`note`), which the loop records in the trajectory tagged with the
 //! processor id and hook.
+//!
+//! Only `after_model` reaches the model, and only to score ([`AfterModelEvent::scorer`]): scoring
+//! reads likelihoods and changes nothing, so it cannot bypass the rules above. Generation stays
+//! the loop's job.
 
-use kiln_models::ChatResponse;
+use kiln_models::{CandidateScore, ChatModel, ChatResponse, ModelError};
 use kiln_protocol::trajectory::{ActionRecord, ModelTurn};
 use kiln_protocol::{
     Action, EnvInfo, Hook, Message, Observation, Outcome, SamplingParams, TaskSpec, Termination,
@@ -69,6 +73,7 @@ pub struct StepContext<'e> {
     env: &'e EnvInfo,
     step: u32,
     conversation: &'e [Message],
+    admissible_actions: Option<&'e [String]>,
 }
 
 impl<'e> StepContext<'e> {
@@ -83,7 +88,19 @@ impl<'e> StepContext<'e> {
             env,
             step,
             conversation,
+            admissible_actions: None,
         }
+    }
+    /// The same context with the environment's current admissible actions.
+    pub fn with_admissible_actions(mut self, actions: Option<&'e [String]>) -> Self {
+        self.admissible_actions = actions;
+        self
+    }
+    /// The actions the environment accepts now, for environments that list them (ALFWorld,
+    /// WebShop): the latest list the environment gave, at reset or after a step. `None` when the
+    /// environment lists none (τ²).
+    pub fn admissible_actions(&self) -> Option<&'e [String]> {
+        self.admissible_actions
     }
     pub fn task(&self) -> &'e TaskSpec {
         self.task
@@ -329,6 +346,39 @@ impl<'e> BeforeModelEvent<'e> {
     }
 }
 
+/// The episode's model, lent to `after_model` for likelihood scoring only (see
+/// [`ChatModel::score`]); a processor cannot generate through it.
+#[derive(Clone, Copy)]
+pub struct Scorer<'e> {
+    model: &'e dyn ChatModel,
+}
+
+impl<'e> Scorer<'e> {
+    pub fn new(model: &'e dyn ChatModel) -> Self {
+        Self { model }
+    }
+    /// The model's label, for notes.
+    pub fn label(&self) -> String {
+        self.model.label()
+    }
+    /// Log-likelihood of each candidate as the assistant's reply after `messages`.
+    pub async fn score(
+        &self,
+        messages: &[Message],
+        candidates: &[String],
+    ) -> Result<Vec<CandidateScore>, ModelError> {
+        self.model.score(messages, candidates).await
+    }
+}
+
+impl std::fmt::Debug for Scorer<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scorer")
+            .field("model", &self.model.label())
+            .finish()
+    }
+}
+
 /// `after_model`: interpret the model's reply. The loop pre-fills `actions` with the plain
 /// reading (native tool calls, else non-empty text as a message, else a parse error); a parser
 /// processor replaces it. A processor may request a retry with corrective feedback, or stop.
@@ -337,6 +387,8 @@ pub struct AfterModelEvent<'e> {
     ctx: StepContext<'e>,
     attempt: u32,
     response: &'e ChatResponse,
+    prompt: &'e [Message],
+    scorer: Option<Scorer<'e>>,
     message: Message,
     actions: Vec<Action>,
     parse_error: Option<String>,
@@ -352,6 +404,8 @@ impl<'e> AfterModelEvent<'e> {
             ctx,
             attempt,
             response,
+            prompt: &[],
+            scorer: None,
             message: response.message.clone(),
             actions,
             parse_error,
@@ -367,9 +421,28 @@ impl<'e> AfterModelEvent<'e> {
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
+    /// The same event with the messages this reply answers (the loop sets them).
+    pub fn with_prompt(mut self, prompt: &'e [Message]) -> Self {
+        self.prompt = prompt;
+        self
+    }
+    /// The same event with a scoring handle on the episode's model (the loop sets it).
+    pub fn with_scorer(mut self, scorer: Scorer<'e>) -> Self {
+        self.scorer = Some(scorer);
+        self
+    }
     /// The backend's reply, untouched.
     pub fn response(&self) -> &'e ChatResponse {
         self.response
+    }
+    /// The messages sent for this attempt, after `before_model` processors and retry feedback:
+    /// what the model saw, so candidates are scored in the same context.
+    pub fn prompt(&self) -> &'e [Message] {
+        self.prompt
+    }
+    /// Scores candidate replies through the episode's model; `None` outside the loop.
+    pub fn scorer(&self) -> Option<Scorer<'e>> {
+        self.scorer
     }
     /// The assistant message that will be appended to the conversation.
     pub fn message(&self) -> &Message {

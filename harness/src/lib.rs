@@ -8,7 +8,8 @@
 //! - [`events`]: one event type per hook, exposing only what a processor may change there.
 //! - [`processor`]: the [`Processor`] trait, processor kinds and the registry.
 //! - [`builtin`]: the built-in kinds (`system_prompt`, `history_window`, `tool_catalogue`,
-//!   `tool_parser`, `parse_retry`, `step_limit`, `loop_detection`, `trajectory_recorder`).
+//!   `tool_parser`, `parse_retry`, `step_limit`, `loop_detection`, `trajectory_recorder`,
+//!   `compact_prompt`, `admissible_choice`).
 //! - [`defaults`]: the harness files shipped in `harnesses/`.
 //! - [`commands`]: what `kiln harness validate|show|diff` prints.
 //!

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use crate::processor::ProcessorKind;
 
+pub mod admissible_choice;
+pub mod compact_prompt;
 pub mod history_window;
 pub mod loop_detection;
 pub mod parse_retry;
@@ -25,6 +27,8 @@ pub fn kinds() -> Vec<Arc<dyn ProcessorKind>> {
         Arc::new(step_limit::kind()),
         Arc::new(loop_detection::kind()),
         Arc::new(trajectory_recorder::kind()),
+        Arc::new(compact_prompt::kind()),
+        Arc::new(admissible_choice::kind()),
     ]
 }
 

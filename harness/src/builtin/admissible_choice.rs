@@ -1,0 +1,551 @@
+//! `admissible_choice`: for environments that list admissible actions (ALFWorld, WebShop), picks
+//! the next action among them by the model's likelihood instead of trusting free generation.
+//! Small models often write an action that is almost right (`go to the cabinet 1`); scoring every
+//! admissible command and taking the likeliest turns that near-miss into a valid step.
+//!
+//! At `after_model` (run it after the parser, and before `parse_retry` so a chosen action clears
+//! the parse error instead of triggering a re-ask):
+//! - `mode = "fallback"` (default): the generated reply is kept when it is exactly one text
+//!   action that is admissible (matched ignoring case and repeated spaces; the environment's
+//!   spelling is then used). Otherwise (not admissible, several actions, a tool call, or a parse
+//!   error) the action is chosen by score.
+//! - `mode = "always"`: the action is always chosen by score; the generation only guides which
+//!   candidates are scored when there are too many.
+//!
+//! Scoring: each candidate is rendered with `template` (`{action}` is replaced; use
+//! `"Action: {action}"` with the ReAct text format) and scored as the assistant's reply to the
+//! exact prompt the model saw ([`crate::events::AfterModelEvent::prompt`]). `normalize = "sum"`
+//! ranks by total log-likelihood (favours short actions); `"mean"` (default) by log-likelihood per
+//! token. Ties keep the environment's order.
+//!
+//! Cost bound: at most `max_candidates` are scored. When the environment lists more, duplicates are
+//! dropped and the candidates sharing the most words with the generated reply are kept (ties keep
+//! the environment's order, so with an empty reply the first `max_candidates` are scored).
+//!
+//! The chosen action replaces the parsed actions, and the recorded assistant message becomes the
+//! rendered candidate, so the conversation shows the action that was really taken (the raw reply
+//! stays in the step's model turn). Each scored step notes the mode, why it scored, the generated
+//! and chosen actions, and the top `record_top` candidates with their scores.
+//!
+//! When the model cannot score (`ModelErrorKind::Unavailable`, e.g. an HTTP backend), the first
+//! such step gets a note saying so, the generated action is left unchanged, and `task_end` notes
+//! how many steps went unscored; the processor keeps trying, since a local model may refuse only
+//! an over-long prompt. Other scoring errors are noted on their step and also leave the action
+//! unchanged: scoring is an aid, never a reason to end the episode.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use kiln_models::{CandidateScore, ModelErrorKind};
+use kiln_protocol::{Action, Hook, Message};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::debug;
+
+use crate::error::ProcessorError;
+use crate::events::{AfterModelEvent, TaskEndEvent};
+use crate::processor::{BuiltinKind, ConfigError, Processor, ProcessorConfig};
+
+/// When to choose by score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChoiceMode {
+    /// Every step with admissible actions.
+    Always,
+    /// Only when the generated action is not admissible.
+    Fallback,
+}
+
+/// How candidate log-likelihoods are compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Normalize {
+    /// Total log-likelihood.
+    Sum,
+    /// Log-likelihood per token (length-normalised).
+    Mean,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdmissibleChoiceConfig {
+    pub mode: ChoiceMode,
+    pub normalize: Normalize,
+    /// Most candidates scored per step (see the module docs for how they are cut).
+    pub max_candidates: usize,
+    /// How a candidate is written as the assistant's reply; must contain `{action}`.
+    pub template: String,
+    /// Candidates recorded in the step's note, best first.
+    pub record_top: usize,
+}
+
+impl Default for AdmissibleChoiceConfig {
+    fn default() -> Self {
+        Self {
+            mode: ChoiceMode::Fallback,
+            normalize: Normalize::Mean,
+            max_candidates: 32,
+            template: "{action}".to_string(),
+            record_top: 5,
+        }
+    }
+}
+
+const ACTION_PLACEHOLDER: &str = "{action}";
+
+impl ProcessorConfig for AdmissibleChoiceConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_candidates == 0 {
+            return Err(ConfigError::new("max_candidates", "must be at least 1"));
+        }
+        if !self.template.contains(ACTION_PLACEHOLDER) {
+            return Err(ConfigError::new(
+                "template",
+                format!("must contain the `{ACTION_PLACEHOLDER}` placeholder"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub fn kind() -> BuiltinKind<AdmissibleChoiceConfig> {
+    BuiltinKind {
+        name: "admissible_choice",
+        summary: "choose the next action among the environment's admissible actions by model likelihood (always, or as a fallback)",
+        hooks: &[Hook::AfterModel, Hook::TaskEnd],
+        group: Some("admissible_choice"),
+        build: |config| {
+            Box::new(AdmissibleChoice {
+                config,
+                unavailable_steps: 0,
+            })
+        },
+    }
+}
+
+/// Why a step's action is chosen by score.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChoiceReason {
+    /// `mode = "always"`.
+    Always,
+    /// The reply did not parse.
+    ParseError,
+    /// The reply parsed, but not into a single admissible text action.
+    NotAdmissible,
+}
+
+impl ChoiceReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChoiceReason::Always => "always",
+            ChoiceReason::ParseError => "parse_error",
+            ChoiceReason::NotAdmissible => "not_admissible",
+        }
+    }
+}
+
+/// What to do with a step's generated actions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The generation is admissible as written.
+    Keep,
+    /// The generation is admissible up to case and spacing; use the environment's spelling.
+    Canonical(String),
+    /// Choose by score.
+    Score(ChoiceReason),
+}
+
+/// Decides whether a step needs scoring. `generated` is the single text action of the reply, if
+/// the reply is exactly one text action.
+pub fn decide(
+    mode: ChoiceMode,
+    parse_failed: bool,
+    generated: Option<&str>,
+    admissible: &[String],
+) -> Decision {
+    if mode == ChoiceMode::Always {
+        return Decision::Score(ChoiceReason::Always);
+    }
+    if parse_failed {
+        return Decision::Score(ChoiceReason::ParseError);
+    }
+    let Some(generated) = generated else {
+        return Decision::Score(ChoiceReason::NotAdmissible);
+    };
+    match find_admissible(generated, admissible) {
+        Some(exact) if exact == generated => Decision::Keep,
+        Some(exact) => Decision::Canonical(exact.to_string()),
+        None => Decision::Score(ChoiceReason::NotAdmissible),
+    }
+}
+
+/// The admissible action `text` names: an exact match, else one equal up to case and spacing.
+pub fn find_admissible<'a>(text: &str, admissible: &'a [String]) -> Option<&'a str> {
+    if let Some(exact) = admissible.iter().find(|action| action.as_str() == text) {
+        return Some(exact);
+    }
+    let wanted = normalize_action(text);
+    admissible
+        .iter()
+        .find(|action| normalize_action(action) == wanted)
+        .map(String::as_str)
+}
+
+/// Lowercase, trimmed, single spaces.
+fn normalize_action(text: &str) -> String {
+    text.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The text of the reply's only action, when it is one text action.
+pub fn single_text_action(actions: &[Action]) -> Option<&str> {
+    match actions {
+        [Action::Message { text }] => Some(text),
+        _ => None,
+    }
+}
+
+/// The candidates to score: the admissible actions without duplicates, cut to `max` by the number
+/// of words each shares with `hint` (ties keep the environment's order), returned in the
+/// environment's order.
+pub fn select_candidates(admissible: &[String], hint: &str, max: usize) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    let unique: Vec<&String> = admissible
+        .iter()
+        .filter(|action| seen.insert(action.as_str()))
+        .collect();
+    if unique.len() <= max {
+        return unique.into_iter().cloned().collect();
+    }
+    let hint_words = words(hint);
+    let mut ranked: Vec<(usize, usize)> = unique
+        .iter()
+        .enumerate()
+        .map(|(index, action)| (index, words(action).intersection(&hint_words).count()))
+        .collect();
+    // Stable: equal overlaps keep the environment's order.
+    ranked.sort_by_key(|&(_, overlap)| std::cmp::Reverse(overlap));
+    let mut kept: Vec<usize> = ranked
+        .into_iter()
+        .take(max)
+        .map(|(index, _)| index)
+        .collect();
+    kept.sort_unstable();
+    kept.into_iter()
+        .map(|index| unique[index].clone())
+        .collect()
+}
+
+fn words(text: &str) -> BTreeSet<String> {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// `template` with the action filled in.
+pub fn render_candidate(template: &str, action: &str) -> String {
+    template.replace(ACTION_PLACEHOLDER, action)
+}
+
+/// One scored candidate.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedCandidate {
+    pub action: String,
+    pub logprob: f64,
+    pub tokens: usize,
+    /// The value compared: `logprob`, or `logprob / tokens` with `normalize = "mean"`.
+    pub score: f64,
+}
+
+/// The candidates best first. A NaN score ranks last; ties keep the candidates' order.
+pub fn rank(
+    candidates: &[String],
+    scores: &[CandidateScore],
+    normalize: Normalize,
+) -> Vec<RankedCandidate> {
+    let mut ranked: Vec<RankedCandidate> = candidates
+        .iter()
+        .zip(scores)
+        .map(|(action, score)| RankedCandidate {
+            action: action.clone(),
+            logprob: score.logprob,
+            tokens: score.tokens,
+            score: compared_score(score, normalize),
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score));
+    ranked
+}
+
+fn compared_score(score: &CandidateScore, normalize: Normalize) -> f64 {
+    let value = match normalize {
+        Normalize::Sum => score.logprob,
+        Normalize::Mean => score.logprob / score.tokens.max(1) as f64,
+    };
+    if value.is_nan() {
+        f64::NEG_INFINITY
+    } else {
+        value
+    }
+}
+
+struct AdmissibleChoice {
+    config: AdmissibleChoiceConfig,
+    /// Steps whose scoring the model refused as unavailable.
+    unavailable_steps: u32,
+}
+
+impl AdmissibleChoice {
+    /// Scores the candidates and applies the best one; notes what happened either way.
+    async fn choose(
+        &mut self,
+        event: &mut AfterModelEvent<'_>,
+        admissible: &[String],
+        reason: ChoiceReason,
+    ) {
+        let generated = single_text_action(event.actions()).map(str::to_string);
+        let Some(scorer) = event.scorer() else {
+            event.note(json!({"admissible_choice": "no model to score with; action unchanged"}));
+            return;
+        };
+        let hint = generated
+            .clone()
+            .unwrap_or_else(|| event.response().message.content.clone());
+        let candidates = select_candidates(admissible, &hint, self.config.max_candidates);
+        let rendered: Vec<String> = candidates
+            .iter()
+            .map(|action| render_candidate(&self.config.template, action))
+            .collect();
+        let scores = match scorer.score(event.prompt(), &rendered).await {
+            Ok(scores) => scores,
+            Err(error) if error.kind() == ModelErrorKind::Unavailable => {
+                self.unavailable_steps += 1;
+                if self.unavailable_steps == 1 {
+                    event.note(json!({
+                        "admissible_choice": "scoring unavailable; generated actions are kept",
+                        "model": scorer.label(),
+                        "error": error.to_string(),
+                    }));
+                }
+                return;
+            }
+            Err(error) => {
+                event.note(json!({
+                    "admissible_choice": "scoring failed; action unchanged",
+                    "error": error.to_string(),
+                }));
+                return;
+            }
+        };
+        if scores.len() != candidates.len() {
+            event.note(json!({
+                "admissible_choice": "the model returned a score count that does not match the candidates; action unchanged",
+                "candidates": candidates.len(),
+                "scores": scores.len(),
+            }));
+            return;
+        }
+        let ranked = rank(&candidates, &scores, self.config.normalize);
+        let Some(best) = ranked.first() else {
+            return;
+        };
+        let chosen = best.action.clone();
+        let changed = generated.as_deref() != Some(chosen.as_str());
+        debug!(
+            step = event.ctx().step(),
+            reason = reason.as_str(),
+            chosen = %chosen,
+            changed,
+            scored = candidates.len(),
+            "admissible action chosen by score"
+        );
+        event.note(json!({
+            "admissible_choice": {
+                "mode": self.config.mode,
+                "reason": reason.as_str(),
+                "normalize": self.config.normalize,
+                "generated": generated,
+                "chosen": chosen,
+                "changed": changed,
+                "admissible": admissible.len(),
+                "scored": candidates.len(),
+                "top": ranked.iter().take(self.config.record_top).collect::<Vec<_>>(),
+            }
+        }));
+        *event.message_mut() = Message::assistant(render_candidate(&self.config.template, &chosen));
+        event.set_actions(vec![Action::Message { text: chosen }]);
+    }
+}
+
+#[async_trait]
+impl Processor for AdmissibleChoice {
+    async fn after_model(&mut self, event: &mut AfterModelEvent<'_>) -> Result<(), ProcessorError> {
+        let Some(admissible) = event.ctx().admissible_actions() else {
+            return Ok(());
+        };
+        if admissible.is_empty() {
+            return Ok(());
+        }
+        let decision = decide(
+            self.config.mode,
+            event.parse_error().is_some(),
+            single_text_action(event.actions()),
+            admissible,
+        );
+        match decision {
+            Decision::Keep => {}
+            Decision::Canonical(action) => {
+                event.note(json!({"admissible_choice": {"canonical": action}}));
+                *event.message_mut() =
+                    Message::assistant(render_candidate(&self.config.template, &action));
+                event.set_actions(vec![Action::Message { text: action }]);
+            }
+            Decision::Score(reason) => self.choose(event, admissible, reason).await,
+        }
+        Ok(())
+    }
+
+    async fn task_end(&mut self, event: &mut TaskEndEvent<'_>) -> Result<(), ProcessorError> {
+        if self.unavailable_steps > 0 {
+            event.note(json!({
+                "admissible_choice": "scoring was unavailable; these steps kept their generated actions",
+                "unscored_steps": self.unavailable_steps,
+            }));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::processor::parse_config;
+
+    fn actions(list: &[&str]) -> Vec<String> {
+        list.iter().map(|action| action.to_string()).collect()
+    }
+
+    fn score(logprob: f64, tokens: usize) -> CandidateScore {
+        CandidateScore { logprob, tokens }
+    }
+
+    #[test]
+    fn fallback_keeps_admissible_generations_and_scores_the_rest() {
+        let admissible = actions(&["go to cabinet 1", "look", "inventory"]);
+        let fallback = ChoiceMode::Fallback;
+        assert_eq!(
+            decide(fallback, false, Some("look"), &admissible),
+            Decision::Keep
+        );
+        assert_eq!(
+            decide(fallback, false, Some("  Go to  Cabinet 1 "), &admissible),
+            Decision::Canonical("go to cabinet 1".into())
+        );
+        assert_eq!(
+            decide(fallback, false, Some("go to the cabinet"), &admissible),
+            Decision::Score(ChoiceReason::NotAdmissible)
+        );
+        assert_eq!(
+            decide(fallback, false, None, &admissible),
+            Decision::Score(ChoiceReason::NotAdmissible)
+        );
+        assert_eq!(
+            decide(fallback, true, None, &admissible),
+            Decision::Score(ChoiceReason::ParseError)
+        );
+        assert_eq!(
+            decide(ChoiceMode::Always, false, Some("look"), &admissible),
+            Decision::Score(ChoiceReason::Always)
+        );
+    }
+
+    #[test]
+    fn only_a_single_text_action_counts_as_the_generation() {
+        let look = Action::Message {
+            text: "look".into(),
+        };
+        assert_eq!(
+            single_text_action(std::slice::from_ref(&look)),
+            Some("look")
+        );
+        assert_eq!(single_text_action(&[look.clone(), look]), None);
+        assert_eq!(single_text_action(&[]), None);
+    }
+
+    #[test]
+    fn candidates_are_deduplicated_and_cut_by_word_overlap() {
+        let admissible = actions(&[
+            "look",
+            "inventory",
+            "go to cabinet 1",
+            "go to cabinet 2",
+            "look",
+            "take apple 1 from countertop 1",
+        ]);
+        assert_eq!(
+            select_candidates(&admissible, "", 10),
+            actions(&[
+                "look",
+                "inventory",
+                "go to cabinet 1",
+                "go to cabinet 2",
+                "take apple 1 from countertop 1"
+            ])
+        );
+        // "cabinet 2" shares 4 words with the hint, "cabinet 1" 3; the rest fewer.
+        assert_eq!(
+            select_candidates(&admissible, "Action: go to the cabinet 2", 2),
+            actions(&["go to cabinet 1", "go to cabinet 2"])
+        );
+        // No overlap at all: the environment's order decides.
+        assert_eq!(
+            select_candidates(&admissible, "", 2),
+            actions(&["look", "inventory"])
+        );
+    }
+
+    #[test]
+    fn mean_normalisation_can_reverse_the_sum_ranking() {
+        let candidates = actions(&["look", "take apple 1 from countertop 1"]);
+        // The long action is less likely in total but more likely per token.
+        let scores = [score(-2.0, 1), score(-6.0, 8)];
+        let by_sum = rank(&candidates, &scores, Normalize::Sum);
+        assert_eq!(by_sum[0].action, "look");
+        let by_mean = rank(&candidates, &scores, Normalize::Mean);
+        assert_eq!(by_mean[0].action, "take apple 1 from countertop 1");
+        assert!((by_mean[0].score - (-0.75)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn ranking_puts_nan_last_and_keeps_order_on_ties() {
+        let candidates = actions(&["a", "b", "c"]);
+        let scores = [score(f64::NAN, 1), score(-1.0, 1), score(-1.0, 1)];
+        let ranked = rank(&candidates, &scores, Normalize::Sum);
+        let order: Vec<&str> = ranked.iter().map(|c| c.action.as_str()).collect();
+        assert_eq!(order, ["b", "c", "a"]);
+    }
+
+    #[test]
+    fn config_rejects_zero_candidates_and_a_template_without_placeholder() {
+        let error =
+            parse_config::<AdmissibleChoiceConfig>(&json!({"max_candidates": 0})).unwrap_err();
+        assert_eq!(error.field, "max_candidates");
+        let error =
+            parse_config::<AdmissibleChoiceConfig>(&json!({"template": "Action:"})).unwrap_err();
+        assert_eq!(error.field, "template");
+        let error =
+            parse_config::<AdmissibleChoiceConfig>(&json!({"mode": "sometimes"})).unwrap_err();
+        assert_eq!(error.field, "mode");
+    }
+
+    #[test]
+    fn candidates_render_through_the_template() {
+        assert_eq!(
+            render_candidate("Action: {action}", "go to cabinet 1"),
+            "Action: go to cabinet 1"
+        );
+    }
+}
