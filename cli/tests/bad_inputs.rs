@@ -135,3 +135,58 @@ fn malformed_flags_are_named() {
     );
     rejects(&["--split", "test"], &["missing --env"]);
 }
+
+/// A data directory (`KILN_HOME`) holding a copy of the real τ² airline data with one file broken.
+fn kiln_home_with_broken(file: &str, contents: &str) -> tempfile::TempDir {
+    common::require_tau2_data();
+    let home = tempfile::tempdir().unwrap();
+    let real = kiln_environments::default_data_dir().join("data/tau2/airline");
+    let copy = home.path().join("data/tau2/airline");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&real).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    std::fs::write(copy.join(file), contents).unwrap();
+    home
+}
+
+#[test]
+fn corrupt_data_files_are_named_and_nothing_is_written() {
+    let truncated_tasks = {
+        let real = kiln_environments::default_data_dir().join("data/tau2/airline/tasks.json");
+        let text = std::fs::read_to_string(real).unwrap();
+        text[..text.len() / 2].to_string()
+    };
+    let cases = [
+        ("tasks.json", truncated_tasks.as_str()),
+        ("split_tasks.json", r#"{"train": ["0"], "test": 7}"#),
+        ("db.json", "not json at all"),
+    ];
+    for (file, contents) in cases {
+        let home = kiln_home_with_broken(file, contents);
+        let work = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(common::kiln_binary())
+            .args(["run", "--env", "tau2-airline", "--tasks", "2"])
+            .current_dir(work.path())
+            .env("KILN_HOME", home.path())
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("the kiln binary runs");
+        let message = stderr(&output);
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "a corrupt {file} should fail as bad input:\n{message}"
+        );
+        assert!(
+            message.contains(file),
+            "the error should name {file}:\n{message}"
+        );
+        assert_eq!(
+            entries(work.path()),
+            Vec::<std::path::PathBuf>::new(),
+            "a run with a corrupt {file} wrote something"
+        );
+    }
+}
