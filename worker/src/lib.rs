@@ -2,7 +2,8 @@
 //! [`TaskResult`]s and settles the leases.
 //!
 //! - [`transport`]: the lease-based transport abstraction (JetStream-shaped) and
-//!   [`in_process`], the embedded implementation on tokio primitives;
+//!   [`in_process`], the embedded implementation on tokio primitives, and [`nats`], the
+//!   distributed one on NATS JetStream ([`testing`] starts a real nats-server for tests);
 //! - [`harness_store`]: harness specs by content hash;
 //! - [`worker`]: the slot loop, with panic and timeout isolation per episode, and [`episode`], its
 //!   default episode runner (kiln-harness's loop);
@@ -14,7 +15,9 @@ pub mod episode;
 pub mod failure;
 pub mod harness_store;
 pub mod in_process;
+pub mod nats;
 pub mod resolve;
+pub mod testing;
 pub mod transport;
 pub mod worker;
 
@@ -23,6 +26,7 @@ pub use episode::HarnessEpisodeRunner;
 pub use failure::{TaskFailure, failure_result};
 pub use harness_store::{HarnessStore, InMemoryHarnessStore};
 pub use in_process::{InProcessTransport, TransportStats};
+pub use nats::{NatsHarnessStore, NatsOptions, NatsTransport};
 pub use resolve::{BackendModelResolver, CatalogEnvResolver, EnvResolver, ModelResolver};
 pub use transport::{TaskLease, TaskResult, Transport, TransportError, TransportErrorKind};
 pub use worker::{Episode, EpisodeRunner, WorkerConfig, WorkerDeps, WorkerStats, run_worker};
