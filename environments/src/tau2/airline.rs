@@ -5,8 +5,8 @@
 //! `float` stay distinct (`100` vs `100.0`), a failed lookup is a `KeyError` whose message is the
 //! quoted key, a call with a missing argument is a `TypeError` naming the function, and a tool that
 //! fails half-way keeps the mutations it already made. This module reproduces those semantics
-//! (the private `py` module, with CPython 3.11's messages) so that the agent sees the same text and the DB ends in the same state, which is
-//! what the τ² DB reward hashes. The quirks are kept on purpose: `cancel_reservation` checks
+//! (through [`super::py`], with CPython 3.11's messages) so that the agent sees the same text and
+//! the DB ends in the same state, which is what the τ² DB reward hashes. The quirks are kept on purpose: `cancel_reservation` checks
 //! nothing and releases no seats, `book_reservation` picks the first free id of `HATHAT`,
 //! `HATHAU`, `HATHAV` and removes a certificate even when it is partly used, and
 //! `search_onestop_flight` builds the next day's date without zero padding.
@@ -15,8 +15,14 @@ use kiln_protocol::ToolSchema;
 use serde_json::{Map, Value, json};
 
 use super::ToolError;
+use super::py::{
+    self, Num, bind, call_reference_tool, find_key, iterate, py_eq, py_len, py_lt, subscript,
+    subscript_by, tool_schema,
+};
 use super::pyjson::py_str;
-use py::{Num, find_key, iterate, py_eq, py_len, py_lt, subscript, subscript_by};
+// The unit tests below check the shared CPython message directly, as they did before it moved.
+#[cfg(test)]
+use super::py::missing_arguments_message;
 
 /// The tools that change the DB: the only ones replayed when τ² scores the agent's DB state.
 const WRITE_TOOLS: [&str; 6] = [
@@ -27,10 +33,6 @@ const WRITE_TOOLS: [&str; 6] = [
     "update_reservation_flights",
     "update_reservation_passengers",
 ];
-
-/// The argument the reference's MCP layer strips before calling a tool (it names the state
-/// namespace there; Kiln gives each episode its own DB instead).
-const STATE_KEY_ARG: &str = "state_key";
 
 /// The reference's fixed clock (2024-05-15 15:00:00 EST), as stored in `created_at`.
 const NOW: &str = "2024-05-15T15:00:00";
@@ -61,17 +63,7 @@ pub fn call_tool(
     name: &str,
     args: &Map<String, Value>,
 ) -> Result<Value, ToolError> {
-    let result = if args.contains_key(STATE_KEY_ARG) {
-        let mut public = args.clone();
-        public.shift_remove(STATE_KEY_ARG);
-        dispatch(db, name, &public)
-    } else {
-        dispatch(db, name, args)
-    };
-    if let Err(error) = &result {
-        tracing::debug!(tool = name, error = %error, "airline tool failed");
-    }
-    result
+    call_reference_tool("airline", dispatch, db, name, args)
 }
 
 fn dispatch(db: &mut Value, name: &str, args: &Map<String, Value>) -> Result<Value, ToolError> {
@@ -208,66 +200,6 @@ fn dispatch(db: &mut Value, name: &str, args: &Map<String, Value>) -> Result<Val
         }
         _ => Err(ToolError::new(format!("Tool '{name}' not found."))),
     }
-}
-
-/// Binds keyword arguments the way Python binds `function(db, **arguments)`: an unknown keyword
-/// (or `db` itself) fails first, in argument order, then missing parameters are listed together.
-/// The messages are CPython 3.11's, naming the reference's function.
-fn bind<'a, const N: usize>(
-    function: &str,
-    takes_db: bool,
-    params: [&str; N],
-    args: &'a Map<String, Value>,
-) -> Result<[&'a Value; N], ToolError> {
-    for key in args.keys() {
-        if takes_db && key == "db" {
-            return Err(ToolError::new(format!(
-                "{function}() got multiple values for argument 'db'"
-            )));
-        }
-        if !params.contains(&key.as_str()) {
-            return Err(ToolError::new(format!(
-                "{function}() got an unexpected keyword argument '{key}'"
-            )));
-        }
-    }
-    let missing: Vec<&str> = params
-        .iter()
-        .copied()
-        .filter(|param| !args.contains_key(*param))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ToolError::new(missing_arguments_message(
-            function, &missing,
-        )));
-    }
-    let mut bound = [&Value::Null; N];
-    for (slot, param) in bound.iter_mut().zip(params) {
-        if let Some(value) = args.get(param) {
-            *slot = value;
-        }
-    }
-    Ok(bound)
-}
-
-/// CPython's `missing N required positional argument(s): 'a', 'b', and 'c'`.
-fn missing_arguments_message(function: &str, missing: &[&str]) -> String {
-    let quoted: Vec<String> = missing.iter().map(|name| format!("'{name}'")).collect();
-    let names = match quoted.as_slice() {
-        [one] => one.clone(),
-        [first, second] => format!("{first} and {second}"),
-        [init @ .., last] => format!("{}, and {last}", init.join(", ")),
-        [] => String::new(),
-    };
-    let plural = if missing.len() == 1 {
-        "argument"
-    } else {
-        "arguments"
-    };
-    format!(
-        "{function}() missing {} required positional {plural}: {names}",
-        missing.len()
-    )
 }
 
 /// `None` for a JSON `null`: the reference's `origin is not None` filters.
@@ -1305,16 +1237,7 @@ fn schema(name: &str, description: &str, properties: &[(&str, Value)]) -> ToolSc
         .iter()
         .map(|(property, schema)| ((*property).to_string(), schema.clone()))
         .collect();
-    ToolSchema {
-        name: name.to_string(),
-        description: description.to_string(),
-        parameters: json!({
-            "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": false,
-        }),
-    }
+    tool_schema(name, description, properties, &required)
 }
 
 fn route_search() -> [(&'static str, Value); 3] {
@@ -1339,377 +1262,6 @@ fn objects(description: &str) -> Value {
         "items": {"type": "object", "additionalProperties": true},
         "description": description,
     })
-}
-
-/// Python semantics for JSON values: subscripting, membership, `len`, iteration, equality,
-/// ordering and `int`/`float` arithmetic, with CPython 3.11's error messages.
-mod py {
-    use serde_json::{Number, Value};
-
-    use super::ToolError;
-    use crate::tau2::pyjson::{float_repr, py_repr};
-
-    /// Python's type name of a JSON value.
-    pub fn type_name(value: &Value) -> &'static str {
-        match value {
-            Value::Null => "NoneType",
-            Value::Bool(_) => "bool",
-            Value::Number(number) if number.is_f64() => "float",
-            Value::Number(_) => "int",
-            Value::String(_) => "str",
-            Value::Array(_) => "list",
-            Value::Object(_) => "dict",
-        }
-    }
-
-    /// `KeyError(key)`: its message is the key's `repr`.
-    pub fn key_error(key: &Value) -> ToolError {
-        ToolError::new(py_repr(key))
-    }
-
-    pub fn key_error_str(key: &str) -> ToolError {
-        key_error(&Value::String(key.to_string()))
-    }
-
-    /// The string key of a dict lookup; `TypeError` for unhashable keys, `KeyError` for keys
-    /// that are hashable but can never be in a JSON object (numbers, booleans, `None`).
-    pub fn as_key(key: &Value) -> Result<&str, ToolError> {
-        match key {
-            Value::String(text) => Ok(text),
-            Value::Array(_) | Value::Object(_) => Err(ToolError::new(format!(
-                "unhashable type: '{}'",
-                type_name(key)
-            ))),
-            _ => Err(key_error(key)),
-        }
-    }
-
-    /// `key in container` for a dict: the matching key, if any.
-    pub fn find_key<'k>(container: &Value, key: &'k Value) -> Result<Option<&'k str>, ToolError> {
-        let Value::Object(map) = container else {
-            return Err(ToolError::new(format!(
-                "argument of type '{}' is not iterable",
-                type_name(container)
-            )));
-        };
-        match key {
-            Value::String(text) => Ok(map.contains_key(text.as_str()).then_some(text.as_str())),
-            Value::Array(_) | Value::Object(_) => Err(ToolError::new(format!(
-                "unhashable type: '{}'",
-                type_name(key)
-            ))),
-            _ => Ok(None),
-        }
-    }
-
-    /// `container.get(key)`.
-    pub fn dict_get<'a>(container: &'a Value, key: &Value) -> Result<Option<&'a Value>, ToolError> {
-        let Value::Object(map) = container else {
-            return Err(ToolError::new(format!(
-                "'{}' object has no attribute 'get'",
-                type_name(container)
-            )));
-        };
-        match key {
-            Value::String(text) => Ok(map.get(text.as_str())),
-            Value::Array(_) | Value::Object(_) => Err(ToolError::new(format!(
-                "unhashable type: '{}'",
-                type_name(key)
-            ))),
-            _ => Ok(None),
-        }
-    }
-
-    /// `container[key]` with a string key.
-    pub fn subscript<'a>(container: &'a Value, key: &str) -> Result<&'a Value, ToolError> {
-        match container {
-            Value::Object(map) => map.get(key).ok_or_else(|| key_error_str(key)),
-            Value::Array(_) => Err(ToolError::new(
-                "list indices must be integers or slices, not str",
-            )),
-            Value::String(_) => Err(ToolError::new("string indices must be integers, not 'str'")),
-            other => Err(ToolError::new(format!(
-                "'{}' object is not subscriptable",
-                type_name(other)
-            ))),
-        }
-    }
-
-    /// `container[key]` with any key value (a dict is the only container indexed this way).
-    pub fn subscript_by<'a>(container: &'a Value, key: &Value) -> Result<&'a Value, ToolError> {
-        if !container.is_object() {
-            return match key {
-                Value::String(text) => subscript(container, text),
-                _ => Err(ToolError::new(format!(
-                    "'{}' object is not subscriptable",
-                    type_name(container)
-                ))),
-            };
-        }
-        let text = as_key(key)?;
-        subscript(container, text)
-    }
-
-    /// `len(value)`.
-    pub fn py_len(value: &Value) -> Result<usize, ToolError> {
-        match value {
-            Value::Array(items) => Ok(items.len()),
-            Value::Object(map) => Ok(map.len()),
-            Value::String(text) => Ok(text.chars().count()),
-            other => Err(ToolError::new(format!(
-                "object of type '{}' has no len()",
-                type_name(other)
-            ))),
-        }
-    }
-
-    /// `for item in value`: list items, dict keys or string characters.
-    pub fn iterate(value: &Value) -> Result<Vec<Value>, ToolError> {
-        match value {
-            Value::Array(items) => Ok(items.clone()),
-            Value::Object(map) => Ok(map.keys().map(|key| Value::String(key.clone())).collect()),
-            Value::String(text) => Ok(text
-                .chars()
-                .map(|ch| Value::String(ch.to_string()))
-                .collect()),
-            other => Err(ToolError::new(format!(
-                "'{}' object is not iterable",
-                type_name(other)
-            ))),
-        }
-    }
-
-    /// `needle in haystack` where the haystack should be a string.
-    pub fn contains_text(haystack: &Value, needle: &str) -> Result<bool, ToolError> {
-        match haystack {
-            Value::String(text) => Ok(text.contains(needle)),
-            Value::Array(items) => Ok(items.iter().any(|item| item == needle)),
-            Value::Object(map) => Ok(map.contains_key(needle)),
-            other => Err(ToolError::new(format!(
-                "argument of type '{}' is not iterable",
-                type_name(other)
-            ))),
-        }
-    }
-
-    /// Python truthiness.
-    pub fn truthy(value: &Value) -> bool {
-        match value {
-            Value::Null => false,
-            Value::Bool(flag) => *flag,
-            Value::Number(_) => Num::of(value).is_some_and(|number| !number.py_eq(Num::Int(0))),
-            Value::String(text) => !text.is_empty(),
-            Value::Array(items) => !items.is_empty(),
-            Value::Object(map) => !map.is_empty(),
-        }
-    }
-
-    /// `left == right`: numbers (and booleans) compare by value, containers element-wise.
-    pub fn py_eq(left: &Value, right: &Value) -> bool {
-        if let (Some(left), Some(right)) = (Num::of(left), Num::of(right)) {
-            return left.py_eq(right);
-        }
-        match (left, right) {
-            (Value::Null, Value::Null) => true,
-            (Value::String(left), Value::String(right)) => left == right,
-            (Value::Array(left), Value::Array(right)) => {
-                left.len() == right.len() && left.iter().zip(right).all(|(l, r)| py_eq(l, r))
-            }
-            (Value::Object(left), Value::Object(right)) => {
-                left.len() == right.len()
-                    && left
-                        .iter()
-                        .all(|(key, l)| right.get(key).is_some_and(|r| py_eq(l, r)))
-            }
-            _ => false,
-        }
-    }
-
-    /// `left < right` for numbers or strings; `TypeError` otherwise.
-    pub fn py_lt(left: &Value, right: &Value) -> Result<bool, ToolError> {
-        if let (Some(l), Some(r)) = (Num::of(left), Num::of(right)) {
-            return Ok(l.lt(r));
-        }
-        match (left, right) {
-            (Value::String(l), Value::String(r)) => Ok(l < r),
-            _ => Err(ToolError::new(format!(
-                "'<' not supported between instances of '{}' and '{}'",
-                type_name(left),
-                type_name(right)
-            ))),
-        }
-    }
-
-    /// `left < right` where the right side is an already computed number.
-    pub fn num_lt(left: &Value, right: Num) -> Result<bool, ToolError> {
-        match Num::of(left) {
-            Some(l) => Ok(l.lt(right)),
-            None => Err(ToolError::new(format!(
-                "'<' not supported between instances of '{}' and '{}'",
-                type_name(left),
-                right.type_name()
-            ))),
-        }
-    }
-
-    /// `left * right`.
-    pub fn mul(left: &Value, right: &Value) -> Result<Num, ToolError> {
-        binary(left, right, "*")
-    }
-
-    /// `left - right`; `op` names the operator in the error (`-` or `-=`).
-    pub fn sub(left: &Value, right: &Value, op: &str) -> Result<Num, ToolError> {
-        binary(left, right, op)
-    }
-
-    /// `-value`.
-    pub fn neg(value: &Value) -> Result<Num, ToolError> {
-        match Num::of(value) {
-            Some(Num::Int(int)) => Ok(Num::Int(-int)),
-            Some(Num::Float(float)) => Ok(Num::Float(-float)),
-            None => Err(ToolError::new(format!(
-                "bad operand type for unary -: '{}'",
-                type_name(value)
-            ))),
-        }
-    }
-
-    /// `max(0, value)`: Python keeps the first of equal items, so a non-positive value gives the
-    /// integer `0`.
-    pub fn max_with_zero(value: Num) -> Result<Num, ToolError> {
-        if Num::Int(0).lt(value) {
-            Ok(value)
-        } else {
-            Ok(Num::Int(0))
-        }
-    }
-
-    fn binary(left: &Value, right: &Value, op: &str) -> Result<Num, ToolError> {
-        match (Num::of(left), Num::of(right)) {
-            (Some(l), Some(r)) => l.apply(r, op),
-            _ => Err(unsupported(op, type_name(left), type_name(right))),
-        }
-    }
-
-    fn unsupported(op: &str, left: &str, right: &str) -> ToolError {
-        ToolError::new(format!(
-            "unsupported operand type(s) for {op}: '{left}' and '{right}'"
-        ))
-    }
-
-    /// A Python number: `int` (booleans count as 0 and 1) or `float`.
-    #[derive(Debug, Clone, Copy)]
-    pub enum Num {
-        Int(i128),
-        Float(f64),
-    }
-
-    impl Num {
-        pub fn of(value: &Value) -> Option<Num> {
-            match value {
-                Value::Bool(flag) => Some(Num::Int(i128::from(*flag))),
-                Value::Number(number) if number.is_f64() => number.as_f64().map(Num::Float),
-                Value::Number(number) => number
-                    .as_i64()
-                    .map(i128::from)
-                    .or_else(|| number.as_u64().map(i128::from))
-                    .map(Num::Int),
-                _ => None,
-            }
-        }
-
-        pub fn type_name(self) -> &'static str {
-            match self {
-                Num::Int(_) => "int",
-                Num::Float(_) => "float",
-            }
-        }
-
-        fn as_f64(self) -> f64 {
-            match self {
-                Num::Int(int) => int as f64,
-                Num::Float(float) => float,
-            }
-        }
-
-        /// Back to JSON: an `int` stays an integer, a `float` a float (`100.0`).
-        pub fn to_value(self) -> Result<Value, ToolError> {
-            match self {
-                Num::Int(int) => i64::try_from(int)
-                    .map(Value::from)
-                    .or_else(|_| u64::try_from(int).map(Value::from))
-                    .map_err(|_| ToolError::new("integer too large for JSON")),
-                Num::Float(float) => Number::from_f64(float)
-                    .map(Value::Number)
-                    .ok_or_else(|| ToolError::new("float overflow")),
-            }
-        }
-
-        /// `str(number)`.
-        pub fn py_str(self) -> String {
-            match self {
-                Num::Int(int) => int.to_string(),
-                Num::Float(float) if float.is_infinite() => {
-                    if float > 0.0 {
-                        "inf".to_string()
-                    } else {
-                        "-inf".to_string()
-                    }
-                }
-                Num::Float(float) if float.is_nan() => "nan".to_string(),
-                Num::Float(float) => float_repr(float),
-            }
-        }
-
-        pub fn py_eq(self, other: Num) -> bool {
-            match (self, other) {
-                (Num::Int(l), Num::Int(r)) => l == r,
-                (l, r) => l.as_f64() == r.as_f64(),
-            }
-        }
-
-        pub fn lt(self, other: Num) -> bool {
-            match (self, other) {
-                (Num::Int(l), Num::Int(r)) => l < r,
-                (l, r) => l.as_f64() < r.as_f64(),
-            }
-        }
-
-        /// `self + other` (`op` names the operator in errors).
-        pub fn add(self, other: Num, op: &str) -> Result<Num, ToolError> {
-            self.apply(other, if op == "+=" { "+=" } else { "+" })
-        }
-
-        /// `self + value` where the value may not be a number.
-        pub fn add_value(self, value: &Value, op: &str) -> Result<Num, ToolError> {
-            match Num::of(value) {
-                Some(other) => self.apply(other, op),
-                None => Err(unsupported(op, self.type_name(), type_name(value))),
-            }
-        }
-
-        fn apply(self, other: Num, op: &str) -> Result<Num, ToolError> {
-            let symbol = op.trim_end_matches('=');
-            if let (Num::Int(l), Num::Int(r)) = (self, other) {
-                let result = match symbol {
-                    "+" => l.checked_add(r),
-                    "-" => l.checked_sub(r),
-                    "*" => l.checked_mul(r),
-                    _ => None,
-                };
-                return result
-                    .map(Num::Int)
-                    .ok_or_else(|| ToolError::new(format!("integer overflow in {op}")));
-            }
-            let (l, r) = (self.as_f64(), other.as_f64());
-            match symbol {
-                "+" => Ok(Num::Float(l + r)),
-                "-" => Ok(Num::Float(l - r)),
-                "*" => Ok(Num::Float(l * r)),
-                _ => Err(ToolError::new(format!("unsupported operator {op}"))),
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@ pub mod airline;
 pub mod db;
 pub mod env;
 pub mod eval;
+pub mod py;
 pub mod pyjson;
 pub mod retail;
 pub mod tasks;

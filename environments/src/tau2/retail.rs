@@ -15,8 +15,11 @@ use kiln_protocol::ToolSchema;
 use serde_json::{Map, Value, json};
 
 use super::ToolError;
+use super::py::{
+    Num, PySeq, bind, call_reference_tool, contains_text, find_key, lower, py_eq, subscript,
+    subscript_mut, tool_schema, truthy, type_name,
+};
 use super::pyjson::{dumps_sorted, float_repr, py_str};
-use py::{Num, PySeq, dict_key, lower, py_eq, subscript, subscript_mut, truthy, type_name};
 
 /// The tools that change the DB (tau2's `ToolType.WRITE`): the only agent calls replayed when
 /// τ² scores the DB.
@@ -29,9 +32,6 @@ const WRITE_TOOLS: [&str; 7] = [
     "modify_user_address",
     "return_delivered_order_items",
 ];
-
-/// The argument the reference's MCP layer strips before calling a tool.
-const STATE_KEY_ARG: &str = "state_key";
 
 /// Whether `name` is a retail tool that changes the DB.
 pub fn is_write_tool(name: &str) -> bool {
@@ -52,17 +52,7 @@ pub fn call_tool(
     name: &str,
     args: &Map<String, Value>,
 ) -> Result<Value, ToolError> {
-    let result = if args.contains_key(STATE_KEY_ARG) {
-        let mut public = args.clone();
-        public.shift_remove(STATE_KEY_ARG);
-        dispatch(db, name, &public)
-    } else {
-        dispatch(db, name, args)
-    };
-    if let Err(error) = &result {
-        tracing::debug!(tool = name, error = %error, "retail tool failed");
-    }
-    result
+    call_reference_tool("retail", dispatch, db, name, args)
 }
 
 fn dispatch(db: &mut Value, name: &str, args: &Map<String, Value>) -> Result<Value, ToolError> {
@@ -183,67 +173,13 @@ fn dispatch(db: &mut Value, name: &str, args: &Map<String, Value>) -> Result<Val
     }
 }
 
-/// Binds keyword arguments as Python binds `function(db, **arguments)`: an unknown keyword (or
-/// `db` itself) fails first, in argument order, then the missing parameters are listed together,
-/// with CPython 3.11's messages naming the reference function.
-fn bind<'a, const N: usize>(
-    function: &str,
-    takes_db: bool,
-    params: [&str; N],
-    args: &'a Map<String, Value>,
-) -> Result<[&'a Value; N], ToolError> {
-    for key in args.keys() {
-        if takes_db && key == "db" {
-            return Err(ToolError::new(format!(
-                "{function}() got multiple values for argument 'db'"
-            )));
-        }
-        if !params.contains(&key.as_str()) {
-            return Err(ToolError::new(format!(
-                "{function}() got an unexpected keyword argument '{key}'"
-            )));
-        }
-    }
-    let missing: Vec<&str> = params
-        .iter()
-        .copied()
-        .filter(|param| !args.contains_key(*param))
-        .collect();
-    if !missing.is_empty() {
-        return Err(ToolError::new(missing_arguments_message(
-            function, &missing,
-        )));
-    }
-    Ok(params.map(|param| args.get(param).unwrap_or(&Value::Null)))
-}
-
-/// CPython's `missing N required positional argument(s): 'a', 'b', and 'c'`.
-fn missing_arguments_message(function: &str, missing: &[&str]) -> String {
-    let quoted: Vec<String> = missing.iter().map(|name| format!("'{name}'")).collect();
-    let names = match quoted.as_slice() {
-        [one] => one.clone(),
-        [first, second] => format!("{first} and {second}"),
-        [init @ .., last] => format!("{}, and {last}", init.join(", ")),
-        [] => String::new(),
-    };
-    let plural = if missing.len() == 1 {
-        "argument"
-    } else {
-        "arguments"
-    };
-    format!(
-        "{function}() missing {} required positional {plural}: {names}",
-        missing.len()
-    )
-}
-
 // ---------------------------------------------------------------------------------------------
 // Lookups (`_get_order`, `_get_user`, `_get_product`, `_get_item`, `_get_variant`,
 // `_get_payment_method`): each returns the key found, so callers can borrow mutably afterwards.
 // ---------------------------------------------------------------------------------------------
 
 fn table_key(db: &Value, table: &str, id: &Value, not_found: &str) -> Result<String, ToolError> {
-    match dict_key(subscript(db, table)?, id)? {
+    match find_key(subscript(db, table)?, id)? {
         Some(key) => Ok(key.to_string()),
         None => Err(ToolError::new(not_found)),
     }
@@ -267,7 +203,7 @@ fn find_item<'a>(db: &'a Value, item_id: &Value) -> Result<&'a Value, ToolError>
     };
     for product in products.values() {
         let variants = subscript(product, "variants")?;
-        if let Some(key) = dict_key(variants, item_id)? {
+        if let Some(key) = find_key(variants, item_id)? {
             return subscript(variants, key);
         }
     }
@@ -285,7 +221,7 @@ fn variant<'a>(
         subscript(subscript(db, "products")?, &product_key)?,
         "variants",
     )?;
-    match dict_key(variants, variant_id)? {
+    match find_key(variants, variant_id)? {
         Some(key) => subscript(variants, key),
         None => Err(ToolError::new("Variant not found")),
     }
@@ -302,7 +238,7 @@ fn payment_method_key(
         subscript(subscript(db, "users")?, &user)?,
         "payment_methods",
     )?;
-    match dict_key(methods, payment_method_id)? {
+    match find_key(methods, payment_method_id)? {
         Some(method) => Ok((user, method.to_string())),
         None => Err(ToolError::new("Payment method not found")),
     }
@@ -321,6 +257,25 @@ fn payment_method_mut<'a>(
     subscript_mut(subscript_mut(user, "payment_methods")?, &keys.1)
 }
 
+/// `_get_order` followed by the reference's `if order["status"] != status: raise
+/// ValueError(refusal)`: the order's key and the order.
+fn order_in_status<'a>(
+    db: &'a Value,
+    order_id: &Value,
+    status: &str,
+    refusal: &str,
+) -> Result<(String, &'a Value), ToolError> {
+    let key = order_key(db, order_id)?;
+    let order = subscript(subscript(db, "orders")?, &key)?;
+    if !py_eq(
+        subscript(order, "status")?,
+        &Value::String(status.to_string()),
+    ) {
+        return Err(ToolError::new(refusal));
+    }
+    Ok((key, order))
+}
+
 fn order_mut<'a>(db: &'a mut Value, key: &str) -> Result<&'a mut Value, ToolError> {
     subscript_mut(subscript_mut(db, "orders")?, key)
 }
@@ -334,15 +289,7 @@ fn is_gift_card(payment_method: &Value) -> bool {
 
 /// `"pending" in order["status"]`.
 fn is_pending_order(order: &Value) -> Result<bool, ToolError> {
-    match subscript(order, "status")? {
-        Value::String(status) => Ok(status.contains("pending")),
-        Value::Array(items) => Ok(items.iter().any(|item| item == "pending")),
-        Value::Object(map) => Ok(map.contains_key("pending")),
-        other => Err(ToolError::new(format!(
-            "argument of type '{}' is not iterable",
-            type_name(other)
-        ))),
-    }
+    contains_text(subscript(order, "status")?, "pending")
 }
 
 /// Adds `amount` to a gift card's balance and rounds it to cents, as the reference does after
@@ -353,7 +300,7 @@ fn add_to_balance(payment_method: &mut Value, amount: Num) -> Result<(), ToolErr
     let Value::Object(method) = payment_method else {
         return Err(not_a_dict("payment_method"));
     };
-    method.insert("balance".to_string(), updated.to_value());
+    method.insert("balance".to_string(), updated.to_value()?);
     Ok(())
 }
 
@@ -464,11 +411,12 @@ fn cancel_pending_order(
     order_id: &Value,
     reason: &Value,
 ) -> Result<Value, ToolError> {
-    let key = order_key(db, order_id)?;
-    let order = subscript(subscript(db, "orders")?, &key)?;
-    if !py_eq(subscript(order, "status")?, &json!("pending")) {
-        return Err(ToolError::new("Non-pending order cannot be cancelled"));
-    }
+    let (key, order) = order_in_status(
+        db,
+        order_id,
+        "pending",
+        "Non-pending order cannot be cancelled",
+    )?;
     // `reason not in {"no longer needed", "ordered by mistake"}`: a set lookup, so it must hash.
     if matches!(reason, Value::Array(_) | Value::Object(_)) {
         return Err(ToolError::new(format!(
@@ -512,45 +460,31 @@ fn exchange_delivered_order_items(
     new_item_ids: &Value,
     payment_method_id: &Value,
 ) -> Result<Value, ToolError> {
-    let key = order_key(db, order_id)?;
-    let order = subscript(subscript(db, "orders")?, &key)?;
-    if !py_eq(subscript(order, "status")?, &json!("delivered")) {
-        return Err(ToolError::new("Non-delivered order cannot be exchanged"));
-    }
-    let item_ids = PySeq::of(item_ids)?;
-    check_item_counts(order, &item_ids, |item_id| {
-        format!("Number of {} not found.", py_str(item_id))
-    })?;
-    let new_item_ids = PySeq::sized(new_item_ids)?;
-    if item_ids.len() != new_item_ids.len() {
-        return Err(ToolError::new(
-            "The number of items to be exchanged should match.",
-        ));
-    }
+    let (key, order) = order_in_status(
+        db,
+        order_id,
+        "delivered",
+        "Non-delivered order cannot be exchanged",
+    )?;
+    let (item_ids, new_item_ids) = requested_items(
+        order,
+        item_ids,
+        new_item_ids,
+        |item_id| format!("Number of {} not found.", py_str(item_id)),
+        "The number of items to be exchanged should match.",
+    )?;
 
     let mut diff_price = Num::Int(0);
     for (item_id, new_item_id) in item_ids.iter().zip(new_item_ids.iter()) {
-        let item = first_item_with_id(order, item_id)?
-            .ok_or_else(|| ToolError::new(format!("Item {} not found", py_str(item_id))))?;
-        let variant = variant(db, subscript(item, "product_id")?, new_item_id)?;
-        if !truthy(subscript(variant, "available")?) {
-            return Err(ToolError::new(format!(
-                "New item {} not found or available",
-                py_str(new_item_id)
-            )));
-        }
-        let difference = Num::from_value(subscript(variant, "price")?, "-")?
-            .sub(Num::from_value(subscript(item, "price")?, "-")?, "-")?;
-        diff_price = diff_price.add(difference, "+=")?;
+        let replacement = replacement(db, order, item_id, new_item_id)?;
+        diff_price = diff_price.add(replacement.price_difference, "+=")?;
     }
     let diff_price = diff_price.round(2);
 
     let user_id = subscript(order, "user_id")?;
     let method_keys = payment_method_key(db, user_id, payment_method_id)?;
     let method = payment_method(db, &method_keys)?;
-    if is_gift_card(method)
-        && Num::from_value(subscript(method, "balance")?, "<")?.lt(diff_price, "<")?
-    {
+    if is_gift_card(method) && Num::from_value(subscript(method, "balance")?, "<")?.lt(diff_price) {
         return Err(ToolError::new(
             "Insufficient gift card balance to pay for the price difference",
         ));
@@ -567,8 +501,59 @@ fn exchange_delivered_order_items(
         "exchange_payment_method_id",
         payment_method_id.clone(),
     )?;
-    set_field(order, "exchange_price_difference", diff_price.to_value())?;
+    set_field(order, "exchange_price_difference", diff_price.to_value()?)?;
     order_view(order)
+}
+
+/// The checks the exchange and modify tools make on their item lists, in the reference's order:
+/// `item_ids` is iterable and names no item more often than the order holds it (`not_found`
+/// words the error), then `len(item_ids) != len(new_item_ids)` fails with `mismatch`.
+fn requested_items(
+    order: &Value,
+    item_ids: &Value,
+    new_item_ids: &Value,
+    not_found: impl Fn(&Value) -> String,
+    mismatch: &str,
+) -> Result<(PySeq, PySeq), ToolError> {
+    let item_ids = PySeq::of(item_ids)?;
+    check_item_counts(order, &item_ids, not_found)?;
+    let new_item_ids = PySeq::sized(new_item_ids)?;
+    if item_ids.len() != new_item_ids.len() {
+        return Err(ToolError::new(mismatch));
+    }
+    Ok((item_ids, new_item_ids))
+}
+
+/// One `item_id` → `new_item_id` pair of an exchange or modification, once validated.
+struct Replacement<'a> {
+    variant: &'a Value,
+    /// `variant["price"] - item["price"]`.
+    price_difference: Num,
+}
+
+/// The loop body both item tools share: the order's first item with `item_id`, the new variant
+/// of the same product, which must be available, and the price difference.
+fn replacement<'a>(
+    db: &'a Value,
+    order: &Value,
+    item_id: &Value,
+    new_item_id: &Value,
+) -> Result<Replacement<'a>, ToolError> {
+    let item = first_item_with_id(order, item_id)?
+        .ok_or_else(|| ToolError::new(format!("Item {} not found", py_str(item_id))))?;
+    let variant = variant(db, subscript(item, "product_id")?, new_item_id)?;
+    if !truthy(subscript(variant, "available")?) {
+        return Err(ToolError::new(format!(
+            "New item {} not found or available",
+            py_str(new_item_id)
+        )));
+    }
+    let price_difference = Num::from_value(subscript(variant, "price")?, "-")?
+        .sub(Num::from_value(subscript(item, "price")?, "-")?, "-")?;
+    Ok(Replacement {
+        variant,
+        price_difference,
+    })
 }
 
 /// `for item_id in item_ids: if item_ids.count(item_id) > all_item_ids.count(item_id): raise`.
@@ -705,21 +690,19 @@ fn modify_pending_order_items(
     new_item_ids: &Value,
     payment_method_id: &Value,
 ) -> Result<Value, ToolError> {
-    let key = order_key(db, order_id)?;
-    let order = subscript(subscript(db, "orders")?, &key)?;
-    if !py_eq(subscript(order, "status")?, &json!("pending")) {
-        return Err(ToolError::new("Non-pending order cannot be modified"));
-    }
-    let item_ids = PySeq::of(item_ids)?;
-    check_item_counts(order, &item_ids, |item_id| {
-        format!("{} not found", py_str(item_id))
-    })?;
-    let new_item_ids = PySeq::sized(new_item_ids)?;
-    if item_ids.len() != new_item_ids.len() {
-        return Err(ToolError::new(
-            "The number of items to be exchanged should match",
-        ));
-    }
+    let (key, order) = order_in_status(
+        db,
+        order_id,
+        "pending",
+        "Non-pending order cannot be modified",
+    )?;
+    let (item_ids, new_item_ids) = requested_items(
+        order,
+        item_ids,
+        new_item_ids,
+        |item_id| format!("{} not found", py_str(item_id)),
+        "The number of items to be exchanged should match",
+    )?;
 
     let mut diff_price = Num::Int(0);
     // The reference keeps only the last validated variant and copies it into every item.
@@ -730,21 +713,11 @@ fn modify_pending_order_items(
                 "The new item id should be different from the old item id",
             ));
         }
-        let item = first_item_with_id(order, item_id)?
-            .ok_or_else(|| ToolError::new(format!("Item {} not found", py_str(item_id))))?;
-        let variant = variant(db, subscript(item, "product_id")?, new_item_id)?;
-        if !truthy(subscript(variant, "available")?) {
-            return Err(ToolError::new(format!(
-                "New item {} not found or available",
-                py_str(new_item_id)
-            )));
-        }
-        let difference = Num::from_value(subscript(variant, "price")?, "-")?
-            .sub(Num::from_value(subscript(item, "price")?, "-")?, "-")?;
-        diff_price = diff_price.add(difference, "+=")?;
+        let replacement = replacement(db, order, item_id, new_item_id)?;
+        diff_price = diff_price.add(replacement.price_difference, "+=")?;
         last_variant = Some((
-            subscript(variant, "price")?.clone(),
-            subscript(variant, "options")?.clone(),
+            subscript(replacement.variant, "price")?.clone(),
+            subscript(replacement.variant, "options")?.clone(),
         ));
     }
 
@@ -756,21 +729,21 @@ fn modify_pending_order_items(
             subscript(payment_method(db, &method_keys)?, "balance")?,
             "<",
         )?;
-        if balance.lt(diff_price, "<")? {
+        if balance.lt(diff_price) {
             return Err(ToolError::new(
                 "Insufficient gift card balance to pay for the new item",
             ));
         }
     }
 
-    let transaction_type = if Num::Int(0).lt(diff_price, ">")? {
+    let transaction_type = if Num::Int(0).lt(diff_price) {
         "payment"
     } else {
         "refund"
     };
     let payment = json!({
         "transaction_type": transaction_type,
-        "amount": diff_price.abs().to_value(),
+        "amount": diff_price.abs().to_value()?,
         "payment_method_id": payment_method_id,
     });
     append_all(
@@ -778,7 +751,7 @@ fn modify_pending_order_items(
         vec![payment],
     )?;
     if gift_card {
-        add_to_balance(payment_method_mut(db, &method_keys)?, diff_price.neg())?;
+        add_to_balance(payment_method_mut(db, &method_keys)?, -diff_price)?;
     }
 
     let order = order_mut(db, &key)?;
@@ -844,7 +817,7 @@ fn modify_pending_order_payment(
     let gift_card = is_gift_card(method);
     if gift_card {
         let balance = Num::from_value(subscript(method, "balance")?, "<")?;
-        if balance.lt(Num::from_value(&amount_value, "<")?, "<")? {
+        if balance.lt(Num::from_value(&amount_value, "<")?) {
             return Err(ToolError::new(
                 "Insufficient gift card balance to pay for the order",
             ));
@@ -861,7 +834,7 @@ fn modify_pending_order_payment(
     )?;
     if gift_card {
         let amount = Num::from_value(&amount_value, "-=")?;
-        add_to_balance(payment_method_mut(db, &method_keys)?, amount.neg())?;
+        add_to_balance(payment_method_mut(db, &method_keys)?, -amount)?;
     }
     let old_method_keys = payment_method_key(db, &user_id, &old_method_id)?;
     if is_gift_card(payment_method(db, &old_method_keys)?) {
@@ -888,11 +861,12 @@ fn return_delivered_order_items(
     item_ids: &Value,
     payment_method_id: &Value,
 ) -> Result<Value, ToolError> {
-    let key = order_key(db, order_id)?;
-    let order = subscript(subscript(db, "orders")?, &key)?;
-    if !py_eq(subscript(order, "status")?, &json!("delivered")) {
-        return Err(ToolError::new("Non-delivered order cannot be returned"));
-    }
+    let (key, order) = order_in_status(
+        db,
+        order_id,
+        "delivered",
+        "Non-delivered order cannot be returned",
+    )?;
     let method_keys = payment_method_key(db, subscript(order, "user_id")?, payment_method_id)?;
     if !is_gift_card(payment_method(db, &method_keys)?) {
         let history = PySeq::of(subscript(order, "payment_history")?)?;
@@ -968,13 +942,13 @@ pub fn tool_schemas() -> Vec<ToolSchema> {
         required
     };
     vec![
-        schema(
+        tool_schema(
             "calculate",
             "Calculate a mathematical expression.",
             props([("expression", string_schema("Mathematical expression."))]),
             &["expression"],
         ),
-        schema(
+        tool_schema(
             "cancel_pending_order",
             "Cancel a pending order with an allowed reason.",
             props([
@@ -986,13 +960,13 @@ pub fn tool_schemas() -> Vec<ToolSchema> {
             ]),
             &["order_id", "reason"],
         ),
-        schema(
+        tool_schema(
             "exchange_delivered_order_items",
             "Request an exchange for delivered order items.",
             exchange_properties(),
             &exchange_required,
         ),
-        schema(
+        tool_schema(
             "find_user_id_by_name_zip",
             "Find user id by name and zip code.",
             props([
@@ -1002,55 +976,55 @@ pub fn tool_schemas() -> Vec<ToolSchema> {
             ]),
             &["first_name", "last_name", "zip"],
         ),
-        schema(
+        tool_schema(
             "find_user_id_by_email",
             "Find user id by email.",
             props([("email", string_schema("Customer email."))]),
             &["email"],
         ),
-        schema(
+        tool_schema(
             "get_order_details",
             "Get order status and details.",
             props([("order_id", string_schema("Order id, including #."))]),
             &["order_id"],
         ),
-        schema(
+        tool_schema(
             "get_product_details",
             "Get inventory details of a product.",
             props([("product_id", string_schema("Product id."))]),
             &["product_id"],
         ),
-        schema(
+        tool_schema(
             "get_item_details",
             "Get inventory details of an item variant.",
             props([("item_id", string_schema("Item id."))]),
             &["item_id"],
         ),
-        schema(
+        tool_schema(
             "get_user_details",
             "Get user details, including orders.",
             props([("user_id", string_schema("User id."))]),
             &["user_id"],
         ),
-        schema(
+        tool_schema(
             "list_all_product_types",
             "List product names and product ids.",
             Map::new(),
             &[],
         ),
-        schema(
+        tool_schema(
             "modify_pending_order_address",
             "Modify the shipping address of a pending order.",
             with_address(("order_id", string_schema("Order id, including #."))),
             &with_first("order_id"),
         ),
-        schema(
+        tool_schema(
             "modify_pending_order_items",
             "Modify items in a pending order.",
             exchange_properties(),
             &exchange_required,
         ),
-        schema(
+        tool_schema(
             "modify_pending_order_payment",
             "Modify the payment method of a pending order.",
             props([
@@ -1059,13 +1033,13 @@ pub fn tool_schemas() -> Vec<ToolSchema> {
             ]),
             &["order_id", "payment_method_id"],
         ),
-        schema(
+        tool_schema(
             "modify_user_address",
             "Modify a user's default address.",
             with_address(("user_id", string_schema("User id."))),
             &with_first("user_id"),
         ),
-        schema(
+        tool_schema(
             "return_delivered_order_items",
             "Request a return for delivered order items.",
             props([
@@ -1075,31 +1049,13 @@ pub fn tool_schemas() -> Vec<ToolSchema> {
             ]),
             &["order_id", "item_ids", "payment_method_id"],
         ),
-        schema(
+        tool_schema(
             "transfer_to_human_agents",
             "Transfer the user to a human agent.",
             props([("summary", string_schema("Issue summary."))]),
             &["summary"],
         ),
     ]
-}
-
-fn schema(
-    name: &str,
-    description: &str,
-    properties: Map<String, Value>,
-    required: &[&str],
-) -> ToolSchema {
-    ToolSchema {
-        name: name.to_string(),
-        description: description.to_string(),
-        parameters: json!({
-            "type": "object",
-            "properties": properties,
-            "required": required,
-            "additionalProperties": false,
-        }),
-    }
 }
 
 fn props<const N: usize>(entries: [(&str, Value); N]) -> Map<String, Value> {
@@ -1129,341 +1085,6 @@ fn address_properties() -> Map<String, Value> {
         ("country", string_schema("Country.")),
         ("zip", string_schema("Zip code.")),
     ])
-}
-
-/// Python semantics for JSON values as the retail tools use them, with CPython 3.11's messages.
-mod py {
-    use serde_json::{Number, Value};
-
-    use super::ToolError;
-    use crate::tau2::pyjson::{py_repr, py_round};
-
-    /// Python's type name of a JSON value.
-    pub fn type_name(value: &Value) -> &'static str {
-        match value {
-            Value::Null => "NoneType",
-            Value::Bool(_) => "bool",
-            Value::Number(number) if number.is_f64() => "float",
-            Value::Number(_) => "int",
-            Value::String(_) => "str",
-            Value::Array(_) => "list",
-            Value::Object(_) => "dict",
-        }
-    }
-
-    /// `key in container` for a dict with string keys: the matching key if present. Unhashable
-    /// keys are a `TypeError`; other non-strings are simply absent.
-    pub fn dict_key<'k>(container: &Value, key: &'k Value) -> Result<Option<&'k str>, ToolError> {
-        let Value::Object(map) = container else {
-            return Err(ToolError::new(format!(
-                "argument of type '{}' is not iterable",
-                type_name(container)
-            )));
-        };
-        match key {
-            Value::String(text) => Ok(map.contains_key(text.as_str()).then_some(text.as_str())),
-            Value::Array(_) | Value::Object(_) => Err(ToolError::new(format!(
-                "unhashable type: '{}'",
-                type_name(key)
-            ))),
-            _ => Ok(None),
-        }
-    }
-
-    fn subscript_error(container: &Value, key: &str) -> ToolError {
-        match container {
-            // `KeyError(key)`: its message is the key's repr.
-            Value::Object(_) => ToolError::new(py_repr(&Value::String(key.to_string()))),
-            Value::Array(_) => ToolError::new("list indices must be integers or slices, not str"),
-            Value::String(_) => ToolError::new("string indices must be integers, not 'str'"),
-            other => ToolError::new(format!(
-                "'{}' object is not subscriptable",
-                type_name(other)
-            )),
-        }
-    }
-
-    /// `container[key]`.
-    pub fn subscript<'a>(container: &'a Value, key: &str) -> Result<&'a Value, ToolError> {
-        if let Value::Object(map) = container
-            && let Some(value) = map.get(key)
-        {
-            return Ok(value);
-        }
-        Err(subscript_error(container, key))
-    }
-
-    /// `container[key]`, for assignment through it.
-    pub fn subscript_mut<'a>(
-        container: &'a mut Value,
-        key: &str,
-    ) -> Result<&'a mut Value, ToolError> {
-        let present = matches!(&*container, Value::Object(map) if map.contains_key(key));
-        if !present {
-            return Err(subscript_error(container, key));
-        }
-        container
-            .get_mut(key)
-            .ok_or_else(|| ToolError::new(py_repr(&Value::String(key.to_string()))))
-    }
-
-    /// `value.lower()`.
-    pub fn lower(value: &Value) -> Result<String, ToolError> {
-        match value {
-            Value::String(text) => Ok(text.to_lowercase()),
-            other => Err(ToolError::new(format!(
-                "'{}' object has no attribute 'lower'",
-                type_name(other)
-            ))),
-        }
-    }
-
-    /// Python truthiness.
-    pub fn truthy(value: &Value) -> bool {
-        match value {
-            Value::Null => false,
-            Value::Bool(flag) => *flag,
-            Value::Number(_) => Num::of(value).is_some_and(|number| !number.is_zero()),
-            Value::String(text) => !text.is_empty(),
-            Value::Array(items) => !items.is_empty(),
-            Value::Object(map) => !map.is_empty(),
-        }
-    }
-
-    /// `left == right`: numbers and booleans by value (`1 == 1.0 == True`), containers
-    /// element-wise.
-    pub fn py_eq(left: &Value, right: &Value) -> bool {
-        if let (Some(left), Some(right)) = (Num::of(left), Num::of(right)) {
-            return left.eq(right);
-        }
-        match (left, right) {
-            (Value::Null, Value::Null) => true,
-            (Value::String(left), Value::String(right)) => left == right,
-            (Value::Array(left), Value::Array(right)) => {
-                left.len() == right.len() && left.iter().zip(right).all(|(l, r)| py_eq(l, r))
-            }
-            (Value::Object(left), Value::Object(right)) => {
-                left.len() == right.len()
-                    && left
-                        .iter()
-                        .all(|(key, l)| right.get(key).is_some_and(|r| py_eq(l, r)))
-            }
-            _ => false,
-        }
-    }
-
-    /// An argument used as a sequence (`item_ids`): a list, a string (its characters) or a dict
-    /// (its keys), as Python iterates them.
-    pub struct PySeq {
-        items: Vec<Value>,
-        is_dict: bool,
-    }
-
-    impl PySeq {
-        /// `for item in value` (and `len(value)`, which accepts the same types).
-        pub fn of(value: &Value) -> Result<PySeq, ToolError> {
-            let (items, is_dict) = match value {
-                Value::Array(items) => (items.clone(), false),
-                Value::String(text) => (
-                    text.chars()
-                        .map(|ch| Value::String(ch.to_string()))
-                        .collect(),
-                    false,
-                ),
-                Value::Object(map) => (
-                    map.keys().map(|key| Value::String(key.clone())).collect(),
-                    true,
-                ),
-                other => {
-                    return Err(ToolError::new(format!(
-                        "'{}' object is not iterable",
-                        type_name(other)
-                    )));
-                }
-            };
-            Ok(PySeq { items, is_dict })
-        }
-
-        /// A sequence whose `len()` Python takes before iterating it (`new_item_ids`): the same
-        /// types, with `len`'s error message.
-        pub fn sized(value: &Value) -> Result<PySeq, ToolError> {
-            PySeq::of(value).map_err(|_| {
-                ToolError::new(format!(
-                    "object of type '{}' has no len()",
-                    type_name(value)
-                ))
-            })
-        }
-
-        pub fn len(&self) -> usize {
-            self.items.len()
-        }
-
-        pub fn first(&self) -> Option<&Value> {
-            self.items.first()
-        }
-
-        pub fn iter(&self) -> impl Iterator<Item = &Value> {
-            self.items.iter()
-        }
-
-        pub fn into_values(self) -> Vec<Value> {
-            self.items
-        }
-
-        /// `seq.count(value)`; a dict has no `count`.
-        pub fn count(&self, value: &Value) -> Result<usize, ToolError> {
-            if self.is_dict {
-                return Err(ToolError::new("'dict' object has no attribute 'count'"));
-            }
-            Ok(self.items.iter().filter(|item| py_eq(item, value)).count())
-        }
-
-        /// `sorted(seq)` as a JSON list. Strings sort by code point and numbers by value; a mix
-        /// is Python's `TypeError`.
-        pub fn sorted(&self) -> Result<Value, ToolError> {
-            let mut items = self.items.clone();
-            if items.iter().all(Value::is_string) {
-                items.sort_by(|left, right| left.as_str().cmp(&right.as_str()));
-                return Ok(Value::Array(items));
-            }
-            if items.iter().all(|item| Num::of(item).is_some()) {
-                items.sort_by(|left, right| {
-                    let (Some(l), Some(r)) = (Num::of(left), Num::of(right)) else {
-                        return std::cmp::Ordering::Equal;
-                    };
-                    l.as_f64().total_cmp(&r.as_f64())
-                });
-                return Ok(Value::Array(items));
-            }
-            let first = &items[0];
-            let other = items
-                .iter()
-                .find(|item| type_name(item) != type_name(first))
-                .unwrap_or(first);
-            Err(ToolError::new(format!(
-                "'<' not supported between instances of '{}' and '{}'",
-                type_name(other),
-                type_name(first)
-            )))
-        }
-    }
-
-    /// A Python number from the DB or the arguments: `int` and `float` stay distinct so results
-    /// print as Python prints them (`0` vs `0.0`).
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    pub enum Num {
-        Int(i64),
-        Float(f64),
-    }
-
-    impl Num {
-        /// The number a JSON value holds (booleans are ints, as in Python).
-        pub fn of(value: &Value) -> Option<Num> {
-            match value {
-                Value::Bool(flag) => Some(Num::Int(i64::from(*flag))),
-                Value::Number(number) => Some(Self::of_number(number)),
-                _ => None,
-            }
-        }
-
-        fn of_number(number: &Number) -> Num {
-            if let Some(int) = number.as_i64()
-                && !number.is_f64()
-            {
-                return Num::Int(int);
-            }
-            Num::Float(number.as_f64().unwrap_or(f64::NAN))
-        }
-
-        /// The number in `value`, or the `TypeError` Python raises using it with `op`.
-        pub fn from_value(value: &Value, op: &str) -> Result<Num, ToolError> {
-            Num::of(value).ok_or_else(|| {
-                ToolError::new(format!(
-                    "unsupported operand type(s) for {op}: '{}' and 'float'",
-                    type_name(value)
-                ))
-            })
-        }
-
-        pub fn as_f64(self) -> f64 {
-            match self {
-                Num::Int(int) => int as f64,
-                Num::Float(float) => float,
-            }
-        }
-
-        fn is_zero(self) -> bool {
-            self.as_f64() == 0.0
-        }
-
-        pub fn eq(self, other: Num) -> bool {
-            match (self, other) {
-                (Num::Int(left), Num::Int(right)) => left == right,
-                _ => self.as_f64() == other.as_f64(),
-            }
-        }
-
-        /// `self < other`.
-        pub fn lt(self, other: Num, _op: &str) -> Result<bool, ToolError> {
-            Ok(match (self, other) {
-                (Num::Int(left), Num::Int(right)) => left < right,
-                _ => self.as_f64() < other.as_f64(),
-            })
-        }
-
-        pub fn add(self, other: Num, op: &str) -> Result<Num, ToolError> {
-            match (self, other) {
-                (Num::Int(left), Num::Int(right)) => left
-                    .checked_add(right)
-                    .map(Num::Int)
-                    .ok_or_else(|| overflow(op)),
-                _ => Ok(Num::Float(self.as_f64() + other.as_f64())),
-            }
-        }
-
-        pub fn sub(self, other: Num, op: &str) -> Result<Num, ToolError> {
-            self.add(other.neg(), op)
-        }
-
-        pub fn neg(self) -> Num {
-            match self {
-                Num::Int(int) => Num::Int(int.saturating_neg()),
-                Num::Float(float) => Num::Float(-float),
-            }
-        }
-
-        pub fn abs(self) -> Num {
-            match self {
-                Num::Int(int) => Num::Int(int.saturating_abs()),
-                Num::Float(float) => Num::Float(float.abs()),
-            }
-        }
-
-        /// `round(self, ndigits)`: an int stays an int.
-        pub fn round(self, ndigits: i32) -> Num {
-            match self {
-                Num::Int(_) => self,
-                Num::Float(float) => Num::Float(py_round(float, ndigits)),
-            }
-        }
-
-        pub fn to_value(self) -> Value {
-            match self {
-                Num::Int(int) => Value::from(int),
-                // Non-finite floats cannot be JSON numbers; the retail data never produces them.
-                Num::Float(float) => Number::from_f64(float)
-                    .map(Value::Number)
-                    .unwrap_or(Value::Null),
-            }
-        }
-    }
-
-    fn overflow(op: &str) -> ToolError {
-        ToolError::new(format!(
-            "integer overflow in {op}: Kiln's retail tools use 64-bit integers"
-        ))
-    }
 }
 
 #[cfg(test)]
