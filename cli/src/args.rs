@@ -40,6 +40,8 @@ pub enum Command {
     /// Validate, show or compare harness files.
     #[command(subcommand)]
     Harness(HarnessCommand),
+    /// Print one completion of a prompt (as a user message) from any model backend.
+    Generate(GenerateArgs),
     /// Regenerate `report.md` of a run directory and print its summary.
     Report {
         /// The run directory (`runs/<run-id>` or an `--out` directory).
@@ -105,4 +107,29 @@ pub enum HarnessCommand {
     },
     /// Processor-level differences from the first file to the second.
     Diff { before: PathBuf, after: PathBuf },
+}
+
+/// `kiln generate`.
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Model: `local:smollm2`, `local:/path/model.gguf`, `openai:MODEL@URL`.
+    #[arg(long)]
+    pub model: String,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: u32,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    /// Sampling seed (same seed, same completion).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// A system message before the prompt [default: the model's own, if its template has one].
+    #[arg(long)]
+    pub system: Option<String>,
+    /// The user message.
+    pub prompt: String,
 }

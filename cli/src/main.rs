@@ -59,6 +59,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(args) => commands::run::run(args).await,
         Command::Envs => commands::envs::envs().map(|()| ExitCode::SUCCESS),
+        Command::Generate(args) => commands::generate::generate(args).await,
         Command::Harness(command) => commands::harness::harness(command),
         Command::Report { dir } => commands::report::report(&dir).map(|()| ExitCode::SUCCESS),
     }

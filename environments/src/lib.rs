@@ -46,7 +46,10 @@ pub struct EnvError {
 
 impl EnvError {
     pub fn new(kind: EnvErrorKind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn kind(&self) -> EnvErrorKind {
         self.kind
@@ -129,6 +132,8 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(home) = std::env::var_os("KILN_HOME") {
         return PathBuf::from(home);
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("kiln")
 }

@@ -1,25 +1,25 @@
 //! From a [`ModelSpec`] to a [`ModelFactory`]: the one place that knows which backend serves which
 //! spec, so the worker and the CLI never match on backends themselves.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use kiln_protocol::{Action, ModelSpec};
 
+use crate::local::{LocalChat, LocalChatOptions, LocalModelFiles};
 use crate::openai::{OpenAiChat, OpenAiConfig};
 use crate::oracle::OracleModel;
 use crate::{ChatModel, ModelError, ModelErrorKind, ModelFactory};
 
-/// The factory for `spec`, with default timeouts and retries for HTTP backends.
-///
-/// Fails for `local:` specs: embedded candle inference is not built yet.
+/// The factory for `spec`, with default timeouts and retries for HTTP backends and the default
+/// device and engine settings for local models.
 pub fn factory_for(spec: &ModelSpec) -> Result<Arc<dyn ModelFactory>, ModelError> {
     match spec {
         ModelSpec::Oracle => Ok(Arc::new(OracleFactory)),
         ModelSpec::OpenAi {
             model, base_url, ..
         } => openai_factory(OpenAiConfig::new(model, base_url)),
-        ModelSpec::Local { model, .. } => Err(local_unavailable(model)),
+        ModelSpec::Local { model, .. } => Ok(local_factory(model, LocalChatOptions::default())),
     }
 }
 
@@ -31,15 +31,52 @@ pub fn openai_factory(config: OpenAiConfig) -> Result<Arc<dyn ModelFactory>, Mod
     }))
 }
 
-fn local_unavailable(model: &str) -> ModelError {
-    ModelError::new(
-        ModelErrorKind::Unavailable,
-        format!(
-            "model `local:{model}`: embedded models are not built yet (candle GGUF inference is planned \
-             for a later issue); serve the model with an OpenAI-compatible server (llama.cpp, vLLM, \
-             Ollama) and use `openai:MODEL@URL` instead"
-        ),
-    )
+/// A factory for the embedded model a `local:MODEL` spec names. The model is loaded once, on the
+/// first [`ModelFactory::preflight`] or [`ModelFactory::for_episode`], and every episode shares it
+/// (and its batching engine).
+pub fn local_factory(model: &str, options: LocalChatOptions) -> Arc<dyn ModelFactory> {
+    Arc::new(LocalFactory {
+        model: model.to_string(),
+        options,
+        chat: OnceLock::new(),
+    })
+}
+
+/// Loads a local model once and shares it across episodes.
+#[derive(Debug)]
+pub struct LocalFactory {
+    model: String,
+    options: LocalChatOptions,
+    chat: OnceLock<Arc<LocalChat>>,
+}
+
+impl LocalFactory {
+    fn chat(&self) -> Result<Arc<LocalChat>, ModelError> {
+        if let Some(chat) = self.chat.get() {
+            return Ok(chat.clone());
+        }
+        let chat = Arc::new(LocalChat::load_spec(&self.model, &self.options)?);
+        // Two callers racing both load; the first one stored wins and the other is dropped.
+        Ok(self.chat.get_or_init(|| chat).clone())
+    }
+}
+
+#[async_trait]
+impl ModelFactory for LocalFactory {
+    fn label(&self) -> String {
+        format!("local:{}", self.model)
+    }
+
+    /// Checks the file's header, tokenizer and template (cheap), then loads the weights and starts
+    /// the engine, so a run with a missing or corrupt model fails before it starts.
+    async fn preflight(&self) -> Result<(), ModelError> {
+        LocalModelFiles::load_spec(&self.model)?;
+        self.chat().map(|_| ())
+    }
+
+    fn for_episode(&self, _gold_plan: Option<&[Action]>) -> Result<Arc<dyn ChatModel>, ModelError> {
+        Ok(self.chat()?)
+    }
 }
 
 /// Builds a fresh [`OracleModel`] over each episode's gold plan.
@@ -119,14 +156,23 @@ mod tests {
         assert_eq!(first.label(), spec.label());
     }
 
-    #[test]
-    fn local_spec_is_unavailable_and_says_why() {
-        let error = factory_for(&"local:smollm2".parse().unwrap())
-            .err()
-            .expect("local must fail");
+    #[tokio::test]
+    async fn a_local_spec_with_a_missing_file_fails_preflight_naming_the_file() {
+        let factory = factory_for(&"local:/nonexistent/model.gguf".parse().unwrap()).unwrap();
+        assert_eq!(factory.label(), "local:/nonexistent/model.gguf");
+        let error = factory.preflight().await.unwrap_err();
         assert_eq!(error.kind(), ModelErrorKind::Unavailable);
-        let message = error.to_string();
-        assert!(message.contains("local:smollm2"), "{message}");
-        assert!(message.contains("not built yet"), "{message}");
+        assert!(
+            error.to_string().contains("/nonexistent/model.gguf"),
+            "{error}"
+        );
+        assert!(factory.for_episode(None).is_err());
+    }
+
+    #[test]
+    fn an_unknown_local_name_is_refused_with_the_known_forms() {
+        let factory = factory_for(&"local:gpt9".parse().unwrap()).unwrap();
+        let error = factory.for_episode(None).err().expect("unknown model");
+        assert!(error.to_string().contains("local:smollm2"), "{error}");
     }
 }

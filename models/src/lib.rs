@@ -4,10 +4,9 @@
 //!   Ollama, hosted APIs through a proxy).
 //! - [`oracle`]: replays a task's gold actions; used to validate environments and scorers.
 //! - [`factory`]: picks the backend for a [`kiln_protocol::ModelSpec`].
-//! - [`local`]: embedded GGUF models: model file, GGUF reader, tokenizer, chat template.
+//! - [`local`]: embedded GGUF models in candle (CPU; CUDA with the `cuda` feature): model file,
+//!   tokenizer, chat template, forward pass, batching engine, [`local::LocalChat`].
 //! - `testing` (feature `testing`): a scripted OpenAI-compatible HTTP server for tests.
-//!
-//! Embedded candle GGUF inference (`local:` specs) is not built yet; [`factory_for`] says so.
 
 use async_trait::async_trait;
 use kiln_protocol::trajectory::TokenRecord;
@@ -22,7 +21,7 @@ pub mod oracle;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use factory::{factory_for, openai_factory};
+pub use factory::{factory_for, local_factory, openai_factory};
 pub use openai::{OpenAiChat, OpenAiConfig, RetryPolicy};
 pub use oracle::{OracleModel, STOP_SIGNAL};
 
@@ -62,8 +61,10 @@ pub enum ModelErrorKind {
     Http,
     /// The backend answered with something that is not a valid response.
     InvalidResponse,
-    /// The model cannot be loaded or the request cannot be served (e.g. prompt too long).
+    /// The model cannot be loaded or the request cannot be served.
     Unavailable,
+    /// The prompt does not fit in the model's context window (the message gives both lengths).
+    ContextOverflow,
 }
 
 /// A failed model call. `kind()` says what failed; the message names the endpoint and cause.
@@ -98,11 +99,18 @@ pub trait ChatModel: Send + Sync {
     /// turn is opened, each candidate is scored as its content). Used to pick among an
     /// environment's admissible actions. Backends without token-level access return
     /// `Unavailable`.
-    async fn score(&self, messages: &[Message], candidates: &[String]) -> Result<Vec<CandidateScore>, ModelError> {
+    async fn score(
+        &self,
+        messages: &[Message],
+        candidates: &[String],
+    ) -> Result<Vec<CandidateScore>, ModelError> {
         let _ = (messages, candidates);
         Err(ModelError::new(
             ModelErrorKind::Unavailable,
-            format!("model `{}` cannot score candidates (needs a local model)", self.label()),
+            format!(
+                "model `{}` cannot score candidates (needs a local model)",
+                self.label()
+            ),
         ))
     }
 }

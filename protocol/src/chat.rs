@@ -53,7 +53,10 @@ impl Message {
         Self::text(Role::Assistant, content)
     }
     pub fn assistant_tool_calls(content: impl Into<String>, tool_calls: Vec<ToolCall>) -> Self {
-        Self { tool_calls, ..Self::text(Role::Assistant, content) }
+        Self {
+            tool_calls,
+            ..Self::text(Role::Assistant, content)
+        }
     }
     pub fn tool_result(call: &ToolCall, content: impl Into<String>) -> Self {
         Self {
@@ -63,7 +66,13 @@ impl Message {
         }
     }
     fn text(role: Role, content: impl Into<String>) -> Self {
-        Self { role, content: content.into(), tool_calls: Vec::new(), tool_call_id: None, name: None }
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+            name: None,
+        }
     }
 }
 

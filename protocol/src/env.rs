@@ -25,7 +25,12 @@ pub enum Action {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Observation {
     /// Result of a tool call. `is_error` mirrors τ²'s error flag (`Error: ...` outputs).
-    ToolResult { call_id: String, name: String, content: String, is_error: bool },
+    ToolResult {
+        call_id: String,
+        name: String,
+        content: String,
+        is_error: bool,
+    },
     /// A message from the (simulated) user.
     User { text: String },
     /// Text from a text environment (room description, web page).

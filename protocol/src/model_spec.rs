@@ -27,7 +27,12 @@ fn default_max_tokens() -> u32 {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        Self { temperature: 0.0, top_p: default_top_p(), max_tokens: default_max_tokens(), seed: None }
+        Self {
+            temperature: 0.0,
+            top_p: default_top_p(),
+            max_tokens: default_max_tokens(),
+            seed: None,
+        }
     }
 }
 
@@ -67,7 +72,9 @@ impl fmt::Display for ModelSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ModelSpec::Oracle => f.write_str("oracle"),
-            ModelSpec::OpenAi { model, base_url, .. } => write!(f, "openai:{model}@{base_url}"),
+            ModelSpec::OpenAi {
+                model, base_url, ..
+            } => write!(f, "openai:{model}@{base_url}"),
             ModelSpec::Local { model, .. } => write!(f, "local:{model}"),
         }
     }
@@ -75,7 +82,9 @@ impl fmt::Display for ModelSpec {
 
 /// A model spec string that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid model spec `{input}`: {reason} (expected `oracle`, `openai:MODEL@URL` or `local:NAME|PATH`)")]
+#[error(
+    "invalid model spec `{input}`: {reason} (expected `oracle`, `openai:MODEL@URL` or `local:NAME|PATH`)"
+)]
 pub struct ModelSpecError {
     pub input: String,
     pub reason: String,
@@ -85,7 +94,10 @@ impl FromStr for ModelSpec {
     type Err = ModelSpecError;
 
     fn from_str(input: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ModelSpecError { input: input.to_string(), reason: reason.to_string() };
+        let err = |reason: &str| ModelSpecError {
+            input: input.to_string(),
+            reason: reason.to_string(),
+        };
         let input_trimmed = input.trim();
         if input_trimmed == "oracle" {
             return Ok(ModelSpec::Oracle);
@@ -110,9 +122,10 @@ impl FromStr for ModelSpec {
                     sampling: SamplingParams::default(),
                 })
             }
-            "local" if !rest.is_empty() => {
-                Ok(ModelSpec::Local { model: rest.to_string(), sampling: SamplingParams::default() })
-            }
+            "local" if !rest.is_empty() => Ok(ModelSpec::Local {
+                model: rest.to_string(),
+                sampling: SamplingParams::default(),
+            }),
             "local" => Err(err("empty local model name")),
             other => Err(err(&format!("unknown backend `{other}`"))),
         }
@@ -125,7 +138,11 @@ mod tests {
 
     #[test]
     fn parses_and_displays_each_backend() {
-        for text in ["oracle", "openai:qwen@http://127.0.0.1:8000/v1", "local:smollm2"] {
+        for text in [
+            "oracle",
+            "openai:qwen@http://127.0.0.1:8000/v1",
+            "local:smollm2",
+        ] {
             let spec: ModelSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
         }
@@ -133,7 +150,14 @@ mod tests {
 
     #[test]
     fn rejects_malformed_specs_with_the_input_named() {
-        for bad in ["gpt4", "openai:qwen", "openai:@http://x", "openai:m@ftp://x", "local:", "foo:bar"] {
+        for bad in [
+            "gpt4",
+            "openai:qwen",
+            "openai:@http://x",
+            "openai:m@ftp://x",
+            "local:",
+            "foo:bar",
+        ] {
             let error = bad.parse::<ModelSpec>().unwrap_err();
             assert_eq!(error.input, bad);
             assert!(error.to_string().contains(bad));

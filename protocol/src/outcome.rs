@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::chat::Usage;
 use crate::UnixMillis;
+use crate::chat::Usage;
 
 /// Why an episode ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,7 +42,13 @@ pub enum Termination {
 impl Termination {
     /// Terminations that come from an infrastructure failure rather than agent behaviour.
     pub fn is_error(self) -> bool {
-        matches!(self, Termination::ModelError | Termination::EnvError | Termination::HarnessError | Termination::Timeout)
+        matches!(
+            self,
+            Termination::ModelError
+                | Termination::EnvError
+                | Termination::HarnessError
+                | Termination::Timeout
+        )
     }
 }
 

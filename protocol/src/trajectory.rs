@@ -3,10 +3,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::UnixMillis;
 use crate::chat::{Message, ToolCall, Usage};
 use crate::env::{Action, Observation};
 use crate::model_spec::ModelSpec;
-use crate::UnixMillis;
 
 /// Everything that happened in one episode.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

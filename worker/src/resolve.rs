@@ -134,11 +134,15 @@ mod tests {
     }
 
     #[test]
-    fn unavailable_backends_surface_the_model_error() {
-        let error = BackendModelResolver::new()
-            .resolve(&"local:nothing".parse().unwrap())
-            .err()
+    fn a_missing_local_model_surfaces_its_error_when_used() {
+        // Local factories load lazily, so resolving succeeds and the first episode reports it.
+        let factory = BackendModelResolver::new()
+            .resolve(&"local:/nonexistent/kiln-test.gguf".parse().unwrap())
             .unwrap();
-        assert!(error.to_string().contains("local:nothing"), "{error}");
+        let error = factory.for_episode(None).err().unwrap();
+        assert!(
+            error.to_string().contains("/nonexistent/kiln-test.gguf"),
+            "{error}"
+        );
     }
 }

@@ -1,25 +1,38 @@
-//! Embedded GGUF models (`local:` model specs): finding the model file, reading its header,
-//! and the tokenizer and chat template built from it.
+//! Embedded GGUF models (`local:` model specs): the model file, its tokenizer and chat template,
+//! and inference in candle.
 //!
 //! - [`gguf`]: a safe GGUF v2/v3 header reader (metadata and tensor infos, no tensor data).
 //! - [`tokenizer`]: byte-level BPE from the GGUF vocabulary, token-for-token equal to llama.cpp.
 //! - [`chat_template`]: the model's own Jinja chat template, rendered over Kiln messages.
+//! - [`llama`]: the Llama-architecture forward pass over batches of sequences with KV caches.
+//! - [`q4_1`], [`attention`]: Kiln's CPU kernels for Q4_1 matrix products and batched attention.
+//! - [`sampling`]: greedy/seeded top-p sampling, log-probabilities, stop sequences.
+//! - [`engine`]: one thread owning the model; continuous batching and prefix reuse.
+//! - [`chat`]: [`LocalChat`], the `ChatModel` over all of the above.
+//! - [`device`]: CPU or CUDA (feature `cuda`), and the `test_device!` macro.
 //!
 //! `local:smollm2` is SmolLM2-135M-Instruct (Q4_1), which `ops/setup model` installs under
 //! `$KILN_HOME/models/`; `local:/path/file.gguf` is any Llama-architecture GGUF file.
-//!
-//! Partial: inference (candle's quantized llama) is not part of this module yet, so
-//! `local:` specs still fail in [`crate::factory_for`].
 
+pub mod attention;
+pub mod chat;
 pub mod chat_template;
+pub mod device;
+pub mod engine;
 pub mod gguf;
+pub mod llama;
 pub mod pre_tokenizer;
+pub mod q4_1;
+pub mod sampling;
 pub mod tokenizer;
 
 use std::path::{Path, PathBuf};
 
 use crate::{ModelError, ModelErrorKind};
+pub use chat::{LocalChat, LocalChatOptions};
 pub use chat_template::{ChatTemplate, ChatTemplateError, ChatTemplateErrorKind};
+pub use device::DevicePreference;
+pub use engine::{Engine, EngineConfig, FinishReason, Generation, GenerationParams};
 pub use gguf::{GgufError, GgufErrorKind, GgufFile};
 pub use tokenizer::{TokenId, TokenType, Tokenizer, TokenizerError, TokenizerErrorKind};
 
