@@ -1,12 +1,12 @@
 //! From a [`ModelSpec`] to a [`ModelFactory`]: the one place that knows which backend serves which
 //! spec, so the worker and the CLI never match on backends themselves.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use kiln_protocol::{Action, ModelSpec};
 
-use crate::local::{LocalChat, LocalChatOptions, LocalModelFiles};
+use crate::local::{LocalChat, LocalChatOptions};
 use crate::openai::{OpenAiChat, OpenAiConfig};
 use crate::oracle::OracleModel;
 use crate::{ChatModel, ModelError, ModelErrorKind, ModelFactory};
@@ -36,46 +36,68 @@ pub fn openai_factory(config: OpenAiConfig) -> Result<Arc<dyn ModelFactory>, Mod
 /// (and its batching engine).
 pub fn local_factory(model: &str, options: LocalChatOptions) -> Arc<dyn ModelFactory> {
     Arc::new(LocalFactory {
-        model: model.to_string(),
-        options,
-        chat: OnceLock::new(),
+        loader: Arc::new(LocalLoader {
+            model: model.to_string(),
+            options,
+            chat: Mutex::new(None),
+        }),
     })
 }
 
 /// Loads a local model once and shares it across episodes.
 #[derive(Debug)]
 pub struct LocalFactory {
-    model: String,
-    options: LocalChatOptions,
-    chat: OnceLock<Arc<LocalChat>>,
+    loader: Arc<LocalLoader>,
 }
 
-impl LocalFactory {
+#[derive(Debug)]
+struct LocalLoader {
+    model: String,
+    options: LocalChatOptions,
+    chat: Mutex<Option<Arc<LocalChat>>>,
+}
+
+impl LocalLoader {
+    /// The shared model, loading it on first use. The lock is held during the load so concurrent
+    /// first callers wait for one load instead of each loading the weights; a failed load is not
+    /// kept, so a later call tries again.
     fn chat(&self) -> Result<Arc<LocalChat>, ModelError> {
-        if let Some(chat) = self.chat.get() {
+        let mut slot = self
+            .chat
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(chat) = slot.as_ref() {
             return Ok(chat.clone());
         }
         let chat = Arc::new(LocalChat::load_spec(&self.model, &self.options)?);
-        // Two callers racing both load; the first one stored wins and the other is dropped.
-        Ok(self.chat.get_or_init(|| chat).clone())
+        *slot = Some(chat.clone());
+        Ok(chat)
     }
 }
 
 #[async_trait]
 impl ModelFactory for LocalFactory {
     fn label(&self) -> String {
-        format!("local:{}", self.model)
+        format!("local:{}", self.loader.model)
     }
 
-    /// Checks the file's header, tokenizer and template (cheap), then loads the weights and starts
-    /// the engine, so a run with a missing or corrupt model fails before it starts.
+    /// Loads the weights and starts the engine (reading and checking the file's header, tokenizer
+    /// and template on the way), so a run with a missing or corrupt model fails before it starts.
+    /// The load runs on the blocking pool, not on an async worker thread.
     async fn preflight(&self) -> Result<(), ModelError> {
-        LocalModelFiles::load_spec(&self.model)?;
-        self.chat().map(|_| ())
+        let loader = self.loader.clone();
+        tokio::task::spawn_blocking(move || loader.chat().map(|_| ()))
+            .await
+            .map_err(|error| {
+                ModelError::new(
+                    ModelErrorKind::Unavailable,
+                    format!("loading {} failed: {error}", self.label()),
+                )
+            })?
     }
 
     fn for_episode(&self, _gold_plan: Option<&[Action]>) -> Result<Arc<dyn ChatModel>, ModelError> {
-        Ok(self.chat()?)
+        Ok(self.loader.chat()?)
     }
 }
 
