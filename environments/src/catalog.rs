@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::agentgym;
 use crate::alfworld::{self, AlfworldFactory};
 use crate::tau2::Domain;
 use crate::tau2::env::{Tau2Factory, env_id};
@@ -36,6 +37,9 @@ pub fn open(
     env_id_wanted: &str,
     ctx: &EnvContext,
 ) -> Result<Arc<dyn EnvironmentFactory>, EnvError> {
+    if agentgym::is_agentgym(env_id_wanted) {
+        return agentgym::open(env_id_wanted);
+    }
     if env_id_wanted == alfworld::ENV_ID {
         let factory = AlfworldFactory::new(ctx);
         factory.generator()?;

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use kiln_protocol::{Action, ComponentScore, EnvInfo, Message, StepResult, TaskSpec, Termination};
 use serde_json::Value;
 
+pub mod agentgym;
 pub mod alfworld;
 pub mod catalog;
 pub mod tau2;
