@@ -50,6 +50,9 @@ pub struct GeneratedTask {
     pub world: World,
     /// The expert's commands, which reach the goal from `world`.
     pub expert: Vec<String>,
+    /// Which draw this is (earlier draws were rejected: unfit scene, goal already met, or no
+    /// expert plan within the step limit).
+    pub attempt: u32,
 }
 
 impl GeneratedTask {
@@ -122,6 +125,7 @@ impl Generator {
                 goal_text,
                 world,
                 expert,
+                attempt,
             });
         }
         Err(EnvError::new(
@@ -169,6 +173,14 @@ impl Generator {
             }
         }
         let kinds_here: Vec<&String> = plan.receptacles.keys().collect();
+        // Receptacle types here that can hold an object type (every type here has an instance).
+        let holders = |object: &str| -> Vec<&String> {
+            kinds_here
+                .iter()
+                .copied()
+                .filter(|kind| rules.can_contain(kind, object))
+                .collect()
+        };
         let fits = |object: &str, avoid: Option<&str>| -> Vec<usize> {
             receptacles
                 .iter()
@@ -193,7 +205,7 @@ impl Generator {
         let candidates: Vec<&String> = plan
             .object_types
             .iter()
-            .filter(|kind| rules.pickupable.contains(*kind) && !fits(kind, None).is_empty())
+            .filter(|kind| rules.pickupable.contains(*kind) && !holders(kind).is_empty())
             .collect();
 
         // The goal: a target type, and a receptacle type or a lamp type.
@@ -226,15 +238,12 @@ impl Generator {
             // Goal receptacle types for an object: they can hold it, are not the task's
             // appliance, and the object can start somewhere else.
             let goal_kinds = |object: &str| -> Vec<&String> {
-                kinds_here
-                    .iter()
-                    .copied()
-                    .filter(|kind| {
-                        rules.can_contain(kind, object)
-                            && Some(kind.as_str()) != appliance
-                            && !fits(object, Some(kind)).is_empty()
-                    })
-                    .collect()
+                let mut kinds = holders(object);
+                if kinds.len() < 2 {
+                    return Vec::new();
+                }
+                kinds.retain(|kind| Some(kind.as_str()) != appliance);
+                kinds
             };
             let objects: Vec<&String> = candidates
                 .iter()
