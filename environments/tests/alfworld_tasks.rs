@@ -519,3 +519,26 @@ fn missing_and_corrupt_data_files_are_named() {
         "{message}"
     );
 }
+
+/// The published `valid_unseen` split, pinned: a change to the generator, the data files or the
+/// text format that changes any task shows here (update the digest deliberately, and say so).
+#[test]
+fn the_published_valid_unseen_split_is_pinned() {
+    use sha2::{Digest, Sha256};
+    let generator = generator(DEFAULT_SEED);
+    let mut hasher = Sha256::new();
+    for id in Split::ValidUnseen.task_ids() {
+        let task = generator.task(&id).unwrap();
+        hasher.update(format!(
+            "{id}\n{}\n{}\n",
+            task.intro(),
+            task.expert.join("|")
+        ));
+    }
+    let digest = hex::encode(hasher.finalize());
+    println!("valid_unseen digest: {digest}");
+    assert_eq!(digest, PINNED_VALID_UNSEEN);
+}
+
+const PINNED_VALID_UNSEEN: &str =
+    "f6998c2466dc4234869c7ebe7d905f884b6296d5b30c6f16aea6c1e2da889f4d";

@@ -172,21 +172,31 @@ impl Generator {
                 });
             }
         }
-        let kinds_here: Vec<&String> = plan.receptacles.keys().collect();
-        // Receptacle types here that can hold an object type (every type here has an instance).
-        let holders = |object: &str| -> Vec<&String> {
-            kinds_here
-                .iter()
-                .copied()
-                .filter(|kind| rules.can_contain(kind, object))
-                .collect()
-        };
+        // Receptacle types here that can hold each pickable object type of the plan, computed
+        // once per draw (every type here has an instance).
+        let holder_kinds: BTreeMap<&str, Vec<&str>> = plan
+            .object_types
+            .iter()
+            .filter(|kind| rules.pickupable.contains(*kind))
+            .map(|kind| {
+                let holders = plan
+                    .receptacles
+                    .keys()
+                    .filter(|holder| rules.can_contain(holder, kind))
+                    .map(String::as_str)
+                    .collect();
+                (kind.as_str(), holders)
+            })
+            .collect();
+        let holders =
+            |object: &str| -> Vec<&str> { holder_kinds.get(object).cloned().unwrap_or_default() };
         let fits = |object: &str, avoid: Option<&str>| -> Vec<usize> {
+            let kinds = holders(object);
             receptacles
                 .iter()
                 .enumerate()
                 .filter(|(_, holder)| {
-                    rules.can_contain(&holder.kind, object) && Some(holder.kind.as_str()) != avoid
+                    kinds.contains(&holder.kind.as_str()) && Some(holder.kind.as_str()) != avoid
                 })
                 .map(|(index, _)| index)
                 .collect()
@@ -202,10 +212,10 @@ impl Generator {
             .filter(|lamp| plan.object_types.contains(*lamp) && rules.toggleable.contains(*lamp))
             .filter(|_| !stands.is_empty())
             .collect();
-        let candidates: Vec<&String> = plan
-            .object_types
+        let candidates: Vec<&str> = holder_kinds
             .iter()
-            .filter(|kind| rules.pickupable.contains(*kind) && !holders(kind).is_empty())
+            .filter(|(_, holders)| !holders.is_empty())
+            .map(|(kind, _)| *kind)
             .collect();
 
         // The goal: a target type, and a receptacle type or a lamp type.
@@ -217,7 +227,7 @@ impl Generator {
         };
         let (target, goal, goal_text) = if task_type == TaskType::LookAtObjInLight {
             let lamp = *rng.pick(&lamps)?;
-            let object = (*rng.pick(&candidates)?).clone();
+            let object = (*rng.pick(&candidates)?).to_string();
             let text = fill(rng.pick(&rules.templates[&task_type])?, &object, "", lamp);
             let goal = Goal::LookInLight {
                 object: object.clone(),
@@ -237,21 +247,21 @@ impl Generator {
             };
             // Goal receptacle types for an object: they can hold it, are not the task's
             // appliance, and the object can start somewhere else.
-            let goal_kinds = |object: &str| -> Vec<&String> {
+            let goal_kinds = |object: &str| -> Vec<&str> {
                 let mut kinds = holders(object);
                 if kinds.len() < 2 {
                     return Vec::new();
                 }
-                kinds.retain(|kind| Some(kind.as_str()) != appliance);
+                kinds.retain(|kind| Some(*kind) != appliance);
                 kinds
             };
-            let objects: Vec<&String> = candidates
+            let objects: Vec<&str> = candidates
                 .iter()
                 .copied()
                 .filter(|kind| able(kind) && !goal_kinds(kind).is_empty())
                 .collect();
-            let object = (*rng.pick(&objects)?).clone();
-            let receptacle = (*rng.pick(&goal_kinds(&object))?).clone();
+            let object = (*rng.pick(&objects)?).to_string();
+            let receptacle = (*rng.pick(&goal_kinds(&object))?).to_string();
             let text = fill(
                 rng.pick(&rules.templates[&task_type])?,
                 &object,
@@ -292,7 +302,7 @@ impl Generator {
             least + rng.below((most - least + 1) as usize) as u32,
         );
         for kind in &candidates {
-            if kind.as_str() != target && rng.below(2) == 0 {
+            if *kind != target && rng.below(2) == 0 {
                 counts.insert(kind, 1 + rng.below(rules.max_instances as usize) as u32);
             }
         }
