@@ -542,3 +542,83 @@ fn the_published_valid_unseen_split_is_pinned() {
 
 const PINNED_VALID_UNSEEN: &str =
     "f6998c2466dc4234869c7ebe7d905f884b6296d5b30c6f16aea6c1e2da889f4d";
+
+#[test]
+fn the_shipped_constants_read_as_alfworld_states_them() {
+    let data = AlfworldData::load(&default_data_dir()).unwrap();
+    let rules = &data.rules;
+    assert_eq!(rules.train_scenes.len(), 96);
+    assert_eq!(rules.test_scenes.len(), 24);
+    assert!(
+        rules
+            .test_scenes
+            .iter()
+            .all(|scene| !rules.train_scenes.contains(scene))
+    );
+    assert_eq!(data.plans.len(), 120);
+    assert_eq!((rules.max_instances, rules.pickup_repeat_max), (3, 4));
+    // `VAL_RECEPTACLE_OBJECTS['DiningTable'] = VAL_RECEPTACLE_OBJECTS['TableTop']`, then deleted.
+    assert_eq!(
+        rules.containment["DiningTable"],
+        rules.containment["SideTable"]
+    );
+    assert!(!rules.containment.contains_key("TableTop"));
+    // Movable receptacles are objects here.
+    assert!(!rules.containment.contains_key("Mug") && rules.pickupable.contains("Mug"));
+    assert!(rules.can_contain("Fridge", "Apple") && !rules.can_contain("Cabinet", "Apple"));
+    assert!(rules.heatable.contains("Potato") && !rules.heatable.contains("Lettuce"));
+    assert!(rules.coolable.contains("WineBottle") && rules.cleanable.contains("Kettle"));
+    assert_eq!(
+        rules
+            .toggleable
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["DeskLamp", "FloorLamp"]
+    );
+    assert_eq!(
+        rules
+            .openable
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+        ["Box", "Cabinet", "Drawer", "Fridge", "Microwave", "Safe"]
+    );
+    assert_eq!(rules.room_of(301), Some("Bedroom"));
+    assert!(rules.goal_valid_in(TaskType::PickHeatThenPlaceInRecep, 5));
+    assert!(!rules.goal_valid_in(TaskType::PickHeatThenPlaceInRecep, 205));
+    assert_eq!(
+        rules.templates[&TaskType::LookAtObjInLight],
+        [
+            "look at {obj} under the {toggle}",
+            "examine the {obj} with the {toggle}"
+        ]
+    );
+    // Floor plan 1: sinks are sink basins, and types without an instance file entry get one.
+    let kitchen = &data.plans[&1];
+    assert!(
+        kitchen.receptacles.contains_key("SinkBasin") && !kitchen.receptacles.contains_key("Sink")
+    );
+    assert_eq!(kitchen.receptacles["Cabinet"], 8);
+    assert_eq!(kitchen.receptacles["CoffeeMachine"], 1);
+}
+
+#[test]
+fn valid_seen_games_are_new_games_in_training_scenes() {
+    let generator = generator(DEFAULT_SEED);
+    let fingerprint = |id: &str| {
+        let task = generator.task(id).unwrap();
+        format!("{}|{}|{:?}", task.scene, task.goal_text, task.world.objects)
+    };
+    let train: std::collections::HashSet<String> = Split::Train
+        .task_ids()
+        .iter()
+        .map(|id| fingerprint(id))
+        .collect();
+    for id in Split::ValidSeen.task_ids() {
+        assert!(
+            !train.contains(&fingerprint(&id)),
+            "{id} repeats a train game"
+        );
+    }
+}
