@@ -622,3 +622,34 @@ fn valid_seen_games_are_new_games_in_training_scenes() {
         );
     }
 }
+
+/// On generated games of every type, at every state along the expert's path (hands full,
+/// receptacles open, appliances used, lamps on), the admissible commands are exactly the
+/// commands of the whole command space that do something when stepped on a clone.
+#[test]
+fn admissible_commands_match_stepping_on_generated_games() {
+    let generator = generator(DEFAULT_SEED);
+    for task_type in TaskType::ALL {
+        let task = generator
+            .generate(Split::ValidUnseen, task_type, 1)
+            .unwrap();
+        let mut world = task.world.clone();
+        let space = world.all_commands();
+        for step in 0..=task.expert.len() {
+            let admissible = world.admissible_commands();
+            let valid: Vec<&String> = space
+                .iter()
+                .filter(|command| world.clone().step(command) != NOTHING_HAPPENS)
+                .collect();
+            let mut expected: Vec<&String> = admissible.iter().collect();
+            expected.sort();
+            let mut found = valid.clone();
+            found.sort();
+            found.dedup();
+            assert_eq!(found, expected, "{} at step {step}", task.id);
+            if let Some(command) = task.expert.get(step) {
+                world.step(command);
+            }
+        }
+    }
+}
