@@ -32,7 +32,8 @@ pub fn factories(ctx: &EnvContext) -> Vec<Arc<dyn EnvironmentFactory>> {
 }
 
 /// The factory of `env_id`, with its data loaded. Unknown ids are [`EnvErrorKind::UnknownEnv`]
-/// (listing the known ids); missing data is [`EnvErrorKind::Data`] saying to run `ops/setup tau2`.
+/// (listing the known ids); missing data is [`EnvErrorKind::Data`] saying which `ops/setup`
+/// component to run. `agentgym:<env>@<url>` opens a client for an AgentGym server (no I/O here).
 pub fn open(
     env_id_wanted: &str,
     ctx: &EnvContext,
