@@ -125,6 +125,10 @@ pub trait EnvironmentFactory: Send + Sync {
     fn splits(&self) -> Vec<SplitInfo>;
     /// Task ids of a split, in benchmark order.
     fn task_ids(&self, split: &str) -> Result<Vec<String>, EnvError>;
+    /// The split a run uses when none is given: the benchmark's usual evaluation split.
+    fn default_split(&self) -> &str {
+        "test"
+    }
     /// A fresh instance. `options` are the task's `env_options`.
     fn create(&self, options: &Value) -> Result<Box<dyn Environment>, EnvError>;
 }

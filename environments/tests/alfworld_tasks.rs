@@ -96,6 +96,7 @@ fn splits_have_alfworld_shapes_and_stable_ids() {
         factory.task_ids("test").unwrap_err().kind(),
         EnvErrorKind::UnknownSplit
     );
+    assert_eq!(factory.default_split(), "valid_unseen");
 }
 
 #[test]
@@ -387,10 +388,15 @@ async fn bad_options_unknown_ids_and_early_calls_are_clear_errors() {
         ),
         (json!({ "steps": 5 }), "unknown alfworld option `steps`"),
         (json!([1]), "must be a JSON object"),
+        (json!({ "user": "model" }), "alfworld has no simulated user"),
     ] {
         let error = factory.create(&options).err().unwrap();
         assert_eq!(error.kind(), EnvErrorKind::InvalidOptions);
         assert!(error.to_string().contains(needle), "{error}");
+    }
+    // What `kiln run` passes to every environment.
+    for user in ["scripted", "none"] {
+        factory.create(&json!({ "user": user })).unwrap();
     }
     let mut env = factory.create(&Value::Null).unwrap();
     assert_eq!(

@@ -59,8 +59,11 @@ impl Default for AlfworldOptions {
 }
 
 impl AlfworldOptions {
-    /// Parses `{"max_steps": N}`; `null` or `{}` gives the defaults. Unknown keys and wrong
-    /// types are [`EnvErrorKind::InvalidOptions`].
+    /// Parses `{"max_steps": N}`; `null` or `{}` gives the defaults. The run-wide `user` option
+    /// (which `kiln run` passes to every environment) is accepted as `"scripted"` or `"none"` and
+    /// ignored, since ALFWorld has no conversational user; `"model"` is refused, as it asks for a
+    /// user model this environment would never call. Unknown keys and wrong types are
+    /// [`EnvErrorKind::InvalidOptions`].
     pub fn from_value(options: &Value) -> Result<Self, EnvError> {
         let mut parsed = Self::default();
         let map = match options {
@@ -85,9 +88,17 @@ impl AlfworldOptions {
                             ))
                         })?;
                 }
+                "user" => match value.as_str() {
+                    Some("scripted" | "none") => {}
+                    _ => {
+                        return Err(invalid_options(format!(
+                            "alfworld has no simulated user: option user must be \"scripted\" or \"none\" (ignored), got {value}"
+                        )));
+                    }
+                },
                 other => {
                     return Err(invalid_options(format!(
-                        "unknown alfworld option `{other}`; valid options: max_steps"
+                        "unknown alfworld option `{other}`; valid options: max_steps (and user, ignored)"
                     )));
                 }
             }
@@ -171,6 +182,11 @@ impl EnvironmentFactory for AlfworldFactory {
             ));
         };
         Ok(split.task_ids())
+    }
+
+    /// `valid_unseen`: ALFWorld's out-of-distribution evaluation split (ReAct's 134 games).
+    fn default_split(&self) -> &str {
+        Split::ValidUnseen.name()
     }
 
     fn create(&self, options: &Value) -> Result<Box<dyn Environment>, EnvError> {
