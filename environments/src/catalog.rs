@@ -5,13 +5,42 @@
 
 use std::sync::Arc;
 
+use crate::agentgym::webshop::AgentGymWebShopFactory;
 use crate::tau2::Domain;
 use crate::tau2::env::{Tau2Factory, env_id};
+use crate::webshop::WebShopFactory;
 use crate::{EnvContext, EnvError, EnvErrorKind, EnvironmentFactory};
 
-/// Every environment id, in listing order.
+/// Every environment id, in listing order (AgentGym servers, `agentgym:<name>@<url>`, are not
+/// listed: they need a URL).
 pub fn known_ids() -> Vec<&'static str> {
-    TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect()
+    let mut ids: Vec<&'static str> = TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect();
+    ids.push(crate::webshop::ENV_ID);
+    ids
+}
+
+/// Splits `agentgym:<name>@<url>` into `(name, url)`; `None` for other ids.
+pub fn parse_agentgym(env_id: &str) -> Option<(&str, &str)> {
+    env_id.strip_prefix("agentgym:")?.split_once('@')
+}
+
+/// The factory of an AgentGym server id (see [`parse_agentgym`]).
+fn open_agentgym(env_id_wanted: &str) -> Result<Arc<dyn EnvironmentFactory>, EnvError> {
+    let Some((name, url)) = parse_agentgym(env_id_wanted) else {
+        return Err(EnvError::new(
+            EnvErrorKind::UnknownEnv,
+            format!(
+                "`{env_id_wanted}`: AgentGym environments are written agentgym:<name>@<url>, e.g. agentgym:webshop@http://127.0.0.1:36001"
+            ),
+        ));
+    };
+    match name {
+        "webshop" => Ok(Arc::new(AgentGymWebShopFactory::new(url)?)),
+        other => Err(EnvError::new(
+            EnvErrorKind::UnknownEnv,
+            format!("unknown AgentGym environment `{other}` in `{env_id_wanted}`; known: webshop"),
+        )),
+    }
 }
 
 const TAU2_DOMAINS: [Domain; 2] = [Domain::Retail, Domain::Airline];
@@ -19,18 +48,30 @@ const TAU2_DOMAINS: [Domain; 2] = [Domain::Retail, Domain::Airline];
 /// One factory per known environment. Their data is loaded on first use; a factory whose data is
 /// missing lists no splits and fails `create`/`task_ids` with a [`EnvErrorKind::Data`] error.
 pub fn factories(ctx: &EnvContext) -> Vec<Arc<dyn EnvironmentFactory>> {
-    TAU2_DOMAINS
+    let mut factories: Vec<Arc<dyn EnvironmentFactory>> = TAU2_DOMAINS
         .iter()
         .map(|domain| Arc::new(Tau2Factory::new(*domain, ctx)) as Arc<dyn EnvironmentFactory>)
-        .collect()
+        .collect();
+    factories.push(Arc::new(WebShopFactory::new()));
+    factories
 }
 
 /// The factory of `env_id`, with its data loaded. Unknown ids are [`EnvErrorKind::UnknownEnv`]
 /// (listing the known ids); missing data is [`EnvErrorKind::Data`] saying to run `ops/setup tau2`.
+/// `agentgym:<name>@<url>` opens a client of that AgentGym server (the server is first contacted
+/// at an episode's reset).
 pub fn open(
     env_id_wanted: &str,
     ctx: &EnvContext,
 ) -> Result<Arc<dyn EnvironmentFactory>, EnvError> {
+    if env_id_wanted.starts_with("agentgym:") {
+        return open_agentgym(env_id_wanted);
+    }
+    if env_id_wanted == crate::webshop::ENV_ID {
+        let factory = WebShopFactory::new();
+        factory.shop();
+        return Ok(Arc::new(factory));
+    }
     let Some(domain) = TAU2_DOMAINS
         .into_iter()
         .find(|domain| env_id(*domain) == env_id_wanted)
@@ -57,7 +98,9 @@ mod tests {
         let error = open("tau3-retail", &EnvContext::default()).err().unwrap();
         assert_eq!(error.kind(), EnvErrorKind::UnknownEnv);
         assert!(
-            error.to_string().contains("tau2-retail, tau2-airline"),
+            error
+                .to_string()
+                .contains("tau2-retail, tau2-airline, webshop"),
             "{error}"
         );
     }
@@ -75,7 +118,7 @@ mod tests {
 
         let listed = factories(&ctx);
         let ids: Vec<&str> = listed.iter().map(|factory| factory.id()).collect();
-        assert_eq!(ids, ["tau2-retail", "tau2-airline"]);
+        assert_eq!(ids, ["tau2-retail", "tau2-airline", "webshop"]);
         assert!(listed[0].splits().is_empty());
         assert_eq!(
             listed[0].task_ids("test").unwrap_err().kind(),
@@ -89,5 +132,35 @@ mod tests {
                 .kind(),
             EnvErrorKind::Data
         );
+    }
+
+    #[test]
+    fn agentgym_ids_name_a_server() {
+        assert_eq!(
+            parse_agentgym("agentgym:webshop@http://127.0.0.1:36001"),
+            Some(("webshop", "http://127.0.0.1:36001"))
+        );
+        assert_eq!(parse_agentgym("webshop"), None);
+        let factory = open(
+            "agentgym:webshop@http://127.0.0.1:36001/",
+            &EnvContext::default(),
+        )
+        .unwrap();
+        assert_eq!(factory.id(), "agentgym:webshop@http://127.0.0.1:36001");
+        assert_eq!(factory.task_ids("test").unwrap().len(), 500);
+        for bad in [
+            "agentgym:webshop",
+            "agentgym:nope@http://x",
+            "agentgym:webshop@ftp://x",
+        ] {
+            let error = open(bad, &EnvContext::default()).err().unwrap();
+            assert!(
+                matches!(
+                    error.kind(),
+                    EnvErrorKind::UnknownEnv | EnvErrorKind::InvalidOptions
+                ),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -12,8 +12,10 @@ use async_trait::async_trait;
 use kiln_protocol::{Action, ComponentScore, EnvInfo, Message, StepResult, TaskSpec, Termination};
 use serde_json::Value;
 
+pub mod agentgym;
 pub mod catalog;
 pub mod tau2;
+pub mod webshop;
 
 /// What went wrong in an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
