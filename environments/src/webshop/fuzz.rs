@@ -6,7 +6,9 @@
 //! token-set ratio runs on the whitespace tokens and thefuzz rounds the float score with Python's
 //! `round` (half to even). The similarity underneath is python-Levenshtein's `ratio`: the InDel
 //! distance (insertions and deletions only, i.e. `len(a) + len(b) - 2·LCS`) normalised by the summed
-//! lengths. The unit tests pin values computed by the real thefuzz package.
+//! lengths. `tests/webshop_reward.rs` checks 3,000 pairs against thefuzz 0.22.1. thefuzz 0.19.0 with
+//! python-Levenshtein (WebShop's era) gives the same numbers on all of them except pairs containing
+//! `_`, which its `\W`-based processing kept as a word character (`"a_b"` vs `"a b"`: 67, here 100).
 
 use std::collections::BTreeSet;
 

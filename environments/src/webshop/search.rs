@@ -94,8 +94,13 @@ impl SearchIndex {
             }
         }
         let mut hits: Vec<usize> = (0..scores.len()).filter(|&doc| matched[doc]).collect();
-        hits.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
-        hits.truncate(MAX_RESULTS);
+        let ranking = |a: &usize, b: &usize| scores[*b].total_cmp(&scores[*a]).then(a.cmp(b));
+        // Common words match most of the catalog: select the top 50 before sorting them.
+        if hits.len() > MAX_RESULTS {
+            hits.select_nth_unstable_by(MAX_RESULTS - 1, ranking);
+            hits.truncate(MAX_RESULTS);
+        }
+        hits.sort_unstable_by(ranking);
         hits
     }
 }
