@@ -69,7 +69,8 @@ pub fn open(
     }
     if env_id_wanted == crate::webshop::ENV_ID {
         let factory = WebShopFactory::new();
-        factory.shop();
+        // Generate the catalog now, as `open` loads every environment's data eagerly.
+        let _ = factory.shop();
         return Ok(Arc::new(factory));
     }
     let Some(domain) = TAU2_DOMAINS

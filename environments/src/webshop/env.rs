@@ -135,6 +135,7 @@ pub struct WebShopFactory {
 }
 
 impl WebShopFactory {
+    /// A factory over the standard catalog ([`Shop::standard`]), generated on first use.
     pub fn new() -> Self {
         Self::default()
     }
@@ -147,6 +148,7 @@ impl WebShopFactory {
     }
 
     /// The catalog, generated on first use.
+    /// The catalog this environment shops in.
     pub fn shop(&self) -> &Arc<Shop> {
         self.shop.get_or_init(Shop::standard)
     }
@@ -202,6 +204,7 @@ struct Episode {
 }
 
 impl WebShopEnvironment {
+    /// An environment over `shop`; call [`Environment::reset`] (or [`WebShopEnvironment::start`]) first.
     pub fn new(shop: Arc<Shop>, options: WebShopOptions) -> Self {
         Self {
             shop,

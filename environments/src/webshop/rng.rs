@@ -8,6 +8,7 @@ pub struct Rng {
 }
 
 impl Rng {
+    /// A generator whose whole stream is fixed by `seed`.
     pub fn new(seed: u64) -> Self {
         Self { state: seed }
     }
@@ -20,6 +21,7 @@ impl Rng {
         mixer
     }
 
+    /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.state;
@@ -50,6 +52,7 @@ impl Rng {
         self.unit() < p
     }
 
+    /// A uniformly chosen item (`items` non-empty).
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
     }

@@ -44,6 +44,7 @@ pub fn document_text(product: &Product) -> String {
 }
 
 impl SearchIndex {
+    /// Indexes every product's [`document_text`]; document ids are catalog indices.
     pub fn build(products: &[Product]) -> Self {
         let mut postings: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
         let mut doc_lengths = Vec::with_capacity(products.len());

@@ -18,10 +18,13 @@ use super::shop::Shop;
 /// Hits per results page.
 pub const RESULTS_PER_PAGE: usize = 10;
 
-/// The buttons, as clickables (lowercased visible text).
+/// The buttons, as clickables (their visible text lowercased): back to the start page.
 pub const BACK_TO_SEARCH: &str = "back to search";
+/// Previous results page; from an item, its results page; from a sub-page, the item.
 pub const PREV: &str = "< prev";
+/// Next results page.
 pub const NEXT: &str = "next >";
+/// Buys the open item with the selected options: the done page and the reward.
 pub const BUY_NOW: &str = "buy now";
 
 /// An item sub-page.
@@ -33,6 +36,7 @@ pub enum Detail {
 }
 
 impl Detail {
+    /// The sub-pages, in button order.
     pub const ALL: [Detail; 3] = [Detail::Description, Detail::Features, Detail::Reviews];
 
     /// The button text, as shown.
@@ -144,6 +148,7 @@ pub struct Session {
 }
 
 impl Session {
+    /// A session on the start page of goal `goal`.
     pub fn new(goal: usize) -> Self {
         Self {
             goal,

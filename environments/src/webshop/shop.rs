@@ -58,14 +58,17 @@ impl Shop {
         .clone()
     }
 
+    /// Every product, in generation order (index = product id used by goals and search).
     pub fn products(&self) -> &[Product] {
         &self.products
     }
 
+    /// Every goal; a goal's index is its task id.
     pub fn goals(&self) -> &[Goal] {
         &self.goals
     }
 
+    /// Product `index` (panics when out of range: indices come from this shop).
     pub fn product(&self, index: usize) -> &Product {
         &self.products[index]
     }
