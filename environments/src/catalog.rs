@@ -9,12 +9,15 @@ use crate::agentgym;
 use crate::alfworld::{self, AlfworldFactory};
 use crate::tau2::Domain;
 use crate::tau2::env::{Tau2Factory, env_id};
+use crate::webshop::WebShopFactory;
 use crate::{EnvContext, EnvError, EnvErrorKind, EnvironmentFactory};
 
-/// Every environment id, in listing order.
+/// Every environment id, in listing order (AgentGym servers, `agentgym:<name>@<url>`, are not
+/// listed: they need a URL).
 pub fn known_ids() -> Vec<&'static str> {
     let mut ids: Vec<&'static str> = TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect();
     ids.push(alfworld::ENV_ID);
+    ids.push(crate::webshop::ENV_ID);
     ids
 }
 
@@ -28,6 +31,7 @@ pub fn factories(ctx: &EnvContext) -> Vec<Arc<dyn EnvironmentFactory>> {
         .map(|domain| Arc::new(Tau2Factory::new(*domain, ctx)) as Arc<dyn EnvironmentFactory>)
         .collect();
     factories.push(Arc::new(AlfworldFactory::new(ctx)));
+    factories.push(Arc::new(WebShopFactory::new()));
     factories
 }
 
@@ -44,6 +48,12 @@ pub fn open(
     if env_id_wanted == alfworld::ENV_ID {
         let factory = AlfworldFactory::new(ctx);
         factory.generator()?;
+        return Ok(Arc::new(factory));
+    }
+    if env_id_wanted == crate::webshop::ENV_ID {
+        let factory = WebShopFactory::new();
+        // Generate the catalog now, as `open` loads every environment's data eagerly.
+        let _ = factory.shop();
         return Ok(Arc::new(factory));
     }
     let Some(domain) = TAU2_DOMAINS
@@ -72,7 +82,9 @@ mod tests {
         let error = open("tau3-retail", &EnvContext::default()).err().unwrap();
         assert_eq!(error.kind(), EnvErrorKind::UnknownEnv);
         assert!(
-            error.to_string().contains("tau2-retail, tau2-airline"),
+            error
+                .to_string()
+                .contains("tau2-retail, tau2-airline, webshop"),
             "{error}"
         );
     }
@@ -90,7 +102,7 @@ mod tests {
 
         let listed = factories(&ctx);
         let ids: Vec<&str> = listed.iter().map(|factory| factory.id()).collect();
-        assert_eq!(ids, ["tau2-retail", "tau2-airline", "alfworld"]);
+        assert_eq!(ids, ["tau2-retail", "tau2-airline", "alfworld", "webshop"]);
         assert!(listed[0].splits().is_empty());
         assert_eq!(
             listed[0].task_ids("test").unwrap_err().kind(),
@@ -104,5 +116,34 @@ mod tests {
                 .kind(),
             EnvErrorKind::Data
         );
+    }
+
+    #[test]
+    fn agentgym_ids_name_a_server() {
+        let target = agentgym::parse_target("agentgym:webshop@http://127.0.0.1:36001").unwrap();
+        assert_eq!(target.env, "webshop");
+        assert_eq!(target.url, "http://127.0.0.1:36001");
+        assert!(!agentgym::is_agentgym("webshop"));
+        let factory = open(
+            "agentgym:webshop@http://127.0.0.1:36001/",
+            &EnvContext::default(),
+        )
+        .unwrap();
+        assert_eq!(factory.id(), "agentgym:webshop@http://127.0.0.1:36001");
+        assert_eq!(factory.task_ids("test").unwrap().len(), 500);
+        for bad in [
+            "agentgym:webshop",
+            "agentgym:nope@http://x",
+            "agentgym:webshop@ftp://x",
+        ] {
+            let error = open(bad, &EnvContext::default()).err().unwrap();
+            assert!(
+                matches!(
+                    error.kind(),
+                    EnvErrorKind::UnknownEnv | EnvErrorKind::InvalidOptions
+                ),
+                "{bad}: {error}"
+            );
+        }
     }
 }

@@ -16,6 +16,7 @@ pub mod agentgym;
 pub mod alfworld;
 pub mod catalog;
 pub mod tau2;
+pub mod webshop;
 
 /// What went wrong in an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

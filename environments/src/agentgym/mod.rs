@@ -8,6 +8,7 @@
 //! server's routes live in their own file.
 
 pub mod alfworld;
+pub mod webshop;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use crate::{EnvError, EnvErrorKind, EnvironmentFactory};
 pub const PREFIX: &str = "agentgym:";
 
 /// The AgentGym environments Kiln has a client for.
-pub const KNOWN: [&str; 1] = ["alfworld"];
+pub const KNOWN: [&str; 2] = ["alfworld", "webshop"];
 
 /// The reference client's request timeout.
 pub const TIMEOUT: Duration = Duration::from_secs(300);
@@ -78,6 +79,7 @@ pub fn open(env_id: &str) -> Result<Arc<dyn EnvironmentFactory>, EnvError> {
         "alfworld" => Ok(Arc::new(alfworld::AgentGymAlfworldFactory::new(
             env_id, target,
         )?)),
+        "webshop" => Ok(Arc::new(webshop::AgentGymWebShopFactory::new(&target.url)?)),
         other => Err(EnvError::new(
             EnvErrorKind::UnknownEnv,
             format!(
