@@ -1,5 +1,5 @@
 //! `kiln run --env tau2-retail --model local:smollm2 --user scripted` end to end on the embedded
-//! model: episodes are recorded, and every model step of the trajectory carries the prompt token
+//! model, with the harness chosen for small models by default: episodes are recorded, and every model step of the trajectory carries the prompt token
 //! ids, the completion token ids and one logprob per completion token, for the trainer.
 
 mod common;
@@ -16,7 +16,6 @@ fn a_local_model_run_records_token_ids_and_logprobs() {
         "missing {}: run `ops/setup model`",
         model.display()
     );
-    let harness = concat!(env!("CARGO_MANIFEST_DIR"), "/../harnesses/small-model.toml");
     let work = tempfile::tempdir().unwrap();
     let output = kiln(
         work.path(),
@@ -32,8 +31,6 @@ fn a_local_model_run_records_token_ids_and_logprobs() {
             "2",
             "--workers",
             "2",
-            "--harness",
-            harness,
             "--out",
             "smol",
         ],
@@ -41,6 +38,9 @@ fn a_local_model_run_records_token_ids_and_logprobs() {
     assert_success(&output);
 
     let dir = work.path().join("smol");
+    // Without --harness, a local model gets the small-model harness.
+    let run_toml = std::fs::read_to_string(dir.join("run.toml")).unwrap();
+    assert!(run_toml.contains("name = \"small-model\""), "{run_toml}");
     let outcomes = outcome_lines(&dir);
     let expected: Vec<String> = split_task_ids("retail", "test")
         .into_iter()

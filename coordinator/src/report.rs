@@ -371,9 +371,23 @@ fn task_scope(config: &RunConfig) -> String {
         config.split_size,
         config.task_selection
     );
-    match tau2_domain(&config.env) {
-        Some(domain) => format!("{scope}; official τ²-bench {domain} tasks"),
-        None => scope,
+    match (tau2_domain(&config.env), provenance(&config.env)) {
+        (Some(domain), _) => format!("{scope}; official τ²-bench {domain} tasks"),
+        (None, Some(provenance)) => format!("{scope}; {provenance}"),
+        (None, None) => scope,
+    }
+}
+
+/// Where the tasks of an environment without official data here come from, said in every report.
+pub fn provenance(env: &str) -> Option<&'static str> {
+    match env {
+        "alfworld" => Some(
+            "generated ALFWorld-format tasks (seeded, over the ALFRED floor plans; not the official game files)",
+        ),
+        "webshop" => Some(
+            "synthetic catalog (seeded WebShop-format products and goals; not the real WebShop data)",
+        ),
+        _ => None,
     }
 }
 
@@ -408,7 +422,9 @@ fn render_measured(out: &mut String, config: &RunConfig, stats: &RunStats) {
         "| Harness | `{}` (`{}`) |",
         config.harness.name, config.harness.hash
     );
-    let _ = writeln!(out, "| User | {} |", user_mode_note(&config.user));
+    if tau2_domain(&config.env).is_some() {
+        let _ = writeln!(out, "| User | {} |", user_mode_note(&config.user));
+    }
     let _ = writeln!(out, "| Judge | {} |", judge_note(config));
     let _ = writeln!(
         out,
@@ -423,7 +439,10 @@ fn render_measured(out: &mut String, config: &RunConfig, stats: &RunStats) {
              scorer, not an agent.\n"
         );
     }
-    if config.user == UserMode::Scripted {
+    if let Some(provenance) = provenance(&config.env) {
+        let _ = writeln!(out, "> **Tasks:** {provenance}.\n");
+    }
+    if config.user == UserMode::Scripted && tau2_domain(&config.env).is_some() {
         let _ = writeln!(
             out,
             "> **Scripted user.** These scores are not comparable to official τ² numbers, which use an LLM \
@@ -655,6 +674,7 @@ pub fn render_summary(config: &RunConfig, stats: &RunStats, dir: &Path) -> Strin
         (
             "user",
             match config.user {
+                _ if tau2_domain(&config.env).is_none() => "n/a".to_string(),
                 UserMode::Scripted => {
                     "scripted (not comparable to official τ² numbers)".to_string()
                 }

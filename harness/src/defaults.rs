@@ -36,6 +36,16 @@ pub fn default_for_env(env_id: &str) -> HarnessSpec {
     parse_builtin(REACT_TEXT_TOML)
 }
 
+/// The harness a run uses when none is given, for this model: small local models
+/// (`local:…`) get `small-model` (compact prompt, text tools, admissible-action choice), whose
+/// prompt fits their short context; other models get [`default_for_env`].
+pub fn default_for_run(env_id: &str, model: &kiln_protocol::ModelSpec) -> HarnessSpec {
+    if matches!(model, kiln_protocol::ModelSpec::Local { .. }) {
+        return parse_builtin(SMALL_MODEL_TOML);
+    }
+    default_for_env(env_id)
+}
+
 fn parse_builtin(text: &str) -> HarnessSpec {
     // The embedded files are part of the source; the tests below validate each one.
     parse_spec(text, SpecFormat::Toml).expect("embedded harness files are valid")
@@ -46,6 +56,14 @@ mod tests {
     use super::*;
     use crate::harness::Harness;
     use kiln_protocol::Hook;
+
+    #[test]
+    fn local_models_get_the_small_model_harness_by_default() {
+        let local: kiln_protocol::ModelSpec = "local:smollm2".parse().unwrap();
+        assert_eq!(default_for_run("tau2-retail", &local).name, "small-model");
+        let oracle = kiln_protocol::ModelSpec::Oracle;
+        assert_eq!(default_for_run("tau2-retail", &oracle).name, "tau2");
+    }
 
     #[test]
     fn every_builtin_harness_is_valid_and_named_after_its_file() {

@@ -29,7 +29,7 @@ pub mod resolve;
 pub mod spec;
 
 pub use algebra::{HarnessEdit, apply_edit, apply_edits, insert, remove, replace};
-pub use defaults::{builtin_harness, default_for_env};
+pub use defaults::{builtin_harness, default_for_env, default_for_run};
 pub use diff::{HarnessDiff, diff};
 pub use episode::{EpisodeResult, run_episode};
 pub use error::{HarnessError, HarnessErrorKind, Location, ProcessorError};

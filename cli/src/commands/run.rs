@@ -13,25 +13,28 @@ use kiln_coordinator::config::HarnessRef;
 use kiln_coordinator::plan::new_run_id;
 use kiln_coordinator::store::{RUN_TOML, harness_path, read_run_config};
 use kiln_coordinator::{
-    KILN_VERSION, RunConfig, RunLaunch, RunStore, UserMode, config_differences, execute_run,
-    render_summary, write_run_report,
+    KILN_VERSION, RunConfig, RunLaunch, RunRecord, RunRegistry, RunRole, RunState, RunStore,
+    UserMode, config_differences, execute_run, render_summary, write_run_report,
 };
 use kiln_environments::{AuxModel, EnvContext, EnvironmentFactory, catalog, default_data_dir};
-use kiln_harness::{Harness, default_for_env};
+use kiln_harness::{Harness, default_for_run};
 use kiln_models::{ModelFactory, factory_for};
 use kiln_protocol::{HarnessSpec, ModelSpec, SamplingParams};
 use kiln_worker::{
     BackendModelResolver, CatalogEnvResolver, ChatAuxModel, HarnessEpisodeRunner,
-    InMemoryHarnessStore, InProcessTransport, Transport, WorkerConfig, WorkerDeps, run_worker,
+    InMemoryHarnessStore, InProcessTransport, NatsOptions, Transport, WorkerConfig, WorkerDeps,
+    run_worker,
 };
 use serde_json::{Value, json};
 
 use crate::args::RunArgs;
+use crate::commands::cluster::connect;
 use crate::input_error;
 use crate::progress::BarProgress;
 use crate::selection::TaskSelection;
 
-/// Split used when neither `--split` nor `run.toml` gives one: the held-out split.
+/// Split used when neither `--split` nor `run.toml` gives one and the environment names no
+/// default of its own: the held-out split.
 pub const DEFAULT_SPLIT: &str = "test";
 /// Episode time limit when neither `--timeout-s` nor `run.toml` gives one.
 pub const DEFAULT_TIMEOUT_S: u64 = 600;
@@ -93,10 +96,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         // otherwise surface as an unknown task id.
         ensure_same_run(stored, &request.overlay(stored))?;
     }
+    if args.nats.is_some() {
+        ensure_cluster_ready(&request)?;
+    }
     let prepared = prepare(request).await?;
     let config = run_config(&prepared, stored.as_ref())?;
     let store = open_store(&args, resume_dir.as_deref(), &config, &prepared.harness)?;
-    execute(store, prepared, args.workers).await
+    match &args.nats {
+        Some(url) => execute_on_cluster(store, prepared, url).await,
+        None => execute(store, prepared, args.workers).await,
+    }
+}
+
+/// Workers build their environments from the task alone; a model user or judge would need the
+/// model given to every worker, which is not supported yet.
+fn ensure_cluster_ready(request: &RunRequest) -> anyhow::Result<()> {
+    if request.user.model().is_some() {
+        return Err(input_error(
+            "--user model:… is not supported with --nats yet (workers build no user model); use \
+             --user scripted or --user none",
+        ));
+    }
+    if request.judge.is_some() {
+        return Err(input_error(
+            "--judge is not supported with --nats yet (workers build no judge model); run without \
+             it (NL assertions are reported unjudged)",
+        ));
+    }
+    Ok(())
 }
 
 /// The directory `--resume` names, if any.
@@ -160,7 +187,7 @@ impl RunRequest {
             .split
             .clone()
             .or_else(|| stored.map(|config| config.split.clone()))
-            .unwrap_or_else(|| DEFAULT_SPLIT.to_string());
+            .unwrap_or_else(|| default_split(&env));
         let (selection, selection_label) = match (&args.tasks, stored) {
             (Some(text), _) => {
                 let selection: TaskSelection = text.parse().map_err(input_error)?;
@@ -278,7 +305,7 @@ async fn prepare(request: RunRequest) -> anyhow::Result<PreparedRun> {
         .selection
         .resolve(&available, &request.env, &request.split)
         .map_err(input_error)?;
-    let harness = load_harness(&request.harness, &request.env)?;
+    let harness = load_harness(&request.harness, &request.env, &request.model)?;
 
     let model_factory = model_factory(&request.model, "--model").await?;
     let user_model = match request.user.model() {
@@ -300,7 +327,7 @@ async fn prepare(request: RunRequest) -> anyhow::Result<PreparedRun> {
     } else {
         factory
     };
-    let env_options = json!({ "user": request.user.option_value() });
+    let env_options = env_options(&request.env, &request.user);
     factory.create(&env_options).map_err(|error| {
         input_error(format!(
             "`{}` rejects the run's environment options {env_options}: {error}",
@@ -317,6 +344,25 @@ async fn prepare(request: RunRequest) -> anyhow::Result<PreparedRun> {
         model_factory,
         env_options,
     })
+}
+
+/// The split a run uses without `--split`: the environment's own held-out default (`test`; ALFWorld
+/// `valid_unseen`). Factories are lazy, so this loads no data.
+fn default_split(env: &str) -> String {
+    catalog::factories(&EnvContext::default())
+        .into_iter()
+        .find(|factory| factory.id() == env)
+        .map(|factory| factory.default_split().to_string())
+        .unwrap_or_else(|| DEFAULT_SPLIT.to_string())
+}
+
+/// Options given to every environment instance of the run: τ² takes the simulated user; the text
+/// environments take none from the command line.
+fn env_options(env: &str, user: &UserMode) -> Value {
+    if env.starts_with("tau2") {
+        return json!({ "user": user.option_value() });
+    }
+    json!({})
 }
 
 /// The number of tasks in `split`, or an error listing the splits there are.
@@ -336,12 +382,12 @@ fn split_size(factory: &dyn EnvironmentFactory, split: &str) -> anyhow::Result<u
     )))
 }
 
-fn load_harness(source: &HarnessSource, env: &str) -> anyhow::Result<Harness> {
+fn load_harness(source: &HarnessSource, env: &str, model: &ModelSpec) -> anyhow::Result<Harness> {
     match source {
         HarnessSource::File(path) => {
             Harness::load(path).map_err(|error| input_error(format!("--harness: {error}")))
         }
-        HarnessSource::Default => Harness::new(&default_for_env(env)).map_err(|error| {
+        HarnessSource::Default => Harness::new(&default_for_run(env, model)).map_err(|error| {
             anyhow::anyhow!("the built-in harness for `{env}` is invalid: {error}")
         }),
         HarnessSource::Stored { dir, hash } => load_stored_harness(dir, hash),
@@ -496,6 +542,7 @@ async fn execute(
     let progress = Arc::new(BarProgress::new());
     eprintln!("kiln: run {run_id} in {}", dir.display());
     let launch = RunLaunch {
+        role: RunRole::Coordinate,
         store,
         harness: prepared.harness.spec().clone(),
         env_options: prepared.env_options,
@@ -529,6 +576,124 @@ async fn execute(
     let (config, stats) = write_run_report(&dir)?;
     println!("{}", render_summary(&config, &stats, &dir));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `kiln run --nats`: submits the run to the cluster's coordinator and records its results in
+/// the local run directory as they arrive.
+async fn execute_on_cluster(
+    store: RunStore,
+    prepared: PreparedRun,
+    url: &str,
+) -> anyhow::Result<ExitCode> {
+    let dir = store.dir().to_path_buf();
+    let run_id = store.config().run_id.clone();
+    let transport = connect(url, NatsOptions::default()).await?;
+    let registry = RunRegistry::open(transport.client()).await?;
+    let record = RunRecord {
+        config: store.config().clone(),
+        harness: prepared.harness.spec().clone(),
+        env_options: prepared.env_options.clone(),
+        timeout_s: prepared.request.timeout_s,
+        state: RunState::Submitted,
+        coordinator: None,
+        message: None,
+        report: None,
+    };
+    submit(&registry, &record).await?;
+    eprintln!(
+        "kiln: run {run_id} submitted to {url}; recording results in {}",
+        dir.display()
+    );
+    let harnesses = transport.harness_store().await?;
+    let progress = Arc::new(BarProgress::new());
+    let launch = RunLaunch {
+        role: RunRole::Follow,
+        store,
+        harness: prepared.harness.spec().clone(),
+        env_options: prepared.env_options,
+        timeout_s: prepared.request.timeout_s,
+        transport: Arc::new(transport.clone()),
+        harnesses: Arc::new(harnesses),
+        progress: progress.clone(),
+    };
+    let finished = tokio::select! {
+        finished = execute_run(launch) => Ok(finished),
+        failure = watch_for_failure(&registry, &run_id) => Err(failure),
+        _ = tokio::signal::ctrl_c() => {
+            progress.finish();
+            eprintln!(
+                "kiln: detached; run {run_id} goes on in the cluster. Follow it again with \
+                 `kiln run --resume {} --nats {url}`",
+                dir.display()
+            );
+            return Ok(ExitCode::from(130));
+        }
+    };
+    progress.finish();
+    match finished {
+        Ok(Ok(_summary)) => {}
+        Ok(Err(error)) => {
+            return Err(anyhow::Error::new(error).context(format!(
+                "following run {run_id} failed; follow it again with `kiln run --resume {} --nats {url}`",
+                dir.display()
+            )));
+        }
+        Err(message) => anyhow::bail!("the coordinator failed run {run_id}: {message}"),
+    }
+    let (config, stats) = write_run_report(&dir)?;
+    println!("{}", render_summary(&config, &stats, &dir));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Submits the run, or, when it was submitted before (`--resume`), resubmits it only if the
+/// coordinator had failed it.
+async fn submit(registry: &RunRegistry, record: &RunRecord) -> anyhow::Result<()> {
+    let run_id = &record.config.run_id;
+    let Some(existing) = registry.get(run_id).await? else {
+        registry.submit(record).await?;
+        return Ok(());
+    };
+    if existing.record.config.harness.hash != record.config.harness.hash {
+        return Err(input_error(format!(
+            "run {run_id} was submitted with harness {}, this directory has {}",
+            existing.record.config.harness.hash, record.config.harness.hash
+        )));
+    }
+    if existing.record.state == RunState::Failed {
+        eprintln!("kiln: run {run_id} had failed in the cluster; submitting it again");
+        if registry.update(record, existing.revision).await?.is_none() {
+            anyhow::bail!("run {run_id} changed in the cluster while resubmitting it; try again");
+        }
+    }
+    Ok(())
+}
+
+/// Resolves with the coordinator's message when it marks the run failed; says once when no
+/// coordinator has taken the run after a while.
+async fn watch_for_failure(registry: &RunRegistry, run_id: &str) -> String {
+    let started = std::time::Instant::now();
+    let mut hinted = false;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        let Ok(Some(current)) = registry.get(run_id).await else {
+            continue;
+        };
+        match current.record.state {
+            RunState::Failed => {
+                return current
+                    .record
+                    .message
+                    .unwrap_or_else(|| "no reason given".to_string());
+            }
+            RunState::Submitted if !hinted && started.elapsed().as_secs() >= 10 => {
+                hinted = true;
+                eprintln!(
+                    "kiln: no coordinator has taken run {run_id} yet; is `kiln coordinator` running on this NATS server?"
+                );
+            }
+            _ => {}
+        }
+    }
 }
 
 #[cfg(test)]
@@ -581,6 +746,17 @@ mod tests {
         assert_eq!(request.judge, None);
         assert_eq!(request.timeout_s, DEFAULT_TIMEOUT_S);
         assert!(matches!(request.harness, HarnessSource::Default));
+    }
+
+    #[test]
+    fn environments_choose_their_default_split_and_options() {
+        let request = RunRequest::from_args(&run_args(&["--env", "alfworld"]), None, None).unwrap();
+        assert_eq!(request.split, "valid_unseen");
+        assert_eq!(env_options("webshop", &UserMode::Scripted), json!({}));
+        assert_eq!(
+            env_options("tau2-retail", &UserMode::None),
+            json!({"user": "none"})
+        );
     }
 
     #[test]

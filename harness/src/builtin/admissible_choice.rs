@@ -172,6 +172,16 @@ pub fn decide(
     let Some(generated) = generated else {
         return Decision::Score(ChoiceReason::NotAdmissible);
     };
+    if admissible
+        .iter()
+        .any(|action| fills_placeholder(generated, action))
+    {
+        return Decision::Keep;
+    }
+    if is_placeholder(generated.trim()) {
+        // The placeholder copied verbatim names no action.
+        return Decision::Score(ChoiceReason::NotAdmissible);
+    }
     match find_admissible(generated, admissible) {
         Some(exact) if exact == generated => Decision::Keep,
         Some(exact) => Decision::Canonical(exact.to_string()),
@@ -189,6 +199,34 @@ pub fn find_admissible<'a>(text: &str, admissible: &'a [String]) -> Option<&'a s
         .iter()
         .find(|action| normalize_action(action) == wanted)
         .map(String::as_str)
+}
+
+/// Marks an admissible action whose argument is free text (WebShop's `search[...]`): any
+/// non-empty argument is admissible, and the placeholder itself is never a candidate.
+const PLACEHOLDER: &str = "[...]";
+
+/// Whether `action` is a free-text placeholder such as `search[...]`.
+pub fn is_placeholder(action: &str) -> bool {
+    action.ends_with(PLACEHOLDER)
+}
+
+/// Whether `generated` fills the placeholder `action` (`search[red shoes]` fills `search[...]`;
+/// the verb is matched ignoring case).
+pub fn fills_placeholder(generated: &str, action: &str) -> bool {
+    let Some(verb) = action.strip_suffix(PLACEHOLDER) else {
+        return false;
+    };
+    let generated = generated.trim();
+    let Some(head) = generated.get(..verb.len()) else {
+        return false;
+    };
+    let Some(argument) = generated[verb.len()..]
+        .strip_prefix('[')
+        .and_then(|rest| rest.strip_suffix(']'))
+    else {
+        return false;
+    };
+    head.eq_ignore_ascii_case(verb) && !argument.trim().is_empty() && argument != "..."
 }
 
 /// Lowercase, trimmed, single spaces.
@@ -214,7 +252,7 @@ pub fn select_candidates(admissible: &[String], hint: &str, max: usize) -> Vec<S
     let mut seen = BTreeSet::new();
     let unique: Vec<&String> = admissible
         .iter()
-        .filter(|action| seen.insert(action.as_str()))
+        .filter(|action| !is_placeholder(action) && seen.insert(action.as_str()))
         .collect();
     if unique.len() <= max {
         return unique.into_iter().cloned().collect();
@@ -315,6 +353,11 @@ impl AdmissibleChoice {
             .clone()
             .unwrap_or_else(|| event.response().message.content.clone());
         let candidates = select_candidates(admissible, &hint, self.config.max_candidates);
+        if candidates.is_empty() {
+            // Only free-text placeholders (WebShop's search page): nothing to choose among.
+            event.note(json!({"admissible_choice": "only free-text actions are admissible; action unchanged"}));
+            return;
+        }
         let rendered: Vec<String> = candidates
             .iter()
             .map(|action| render_candidate(&self.config.template, action))
@@ -430,6 +473,42 @@ mod tests {
 
     fn score(logprob: f64, tokens: usize) -> CandidateScore {
         CandidateScore { logprob, tokens }
+    }
+
+    #[test]
+    fn free_text_placeholders_admit_any_argument_and_are_never_candidates() {
+        let admissible = actions(&["search[...]"]);
+        let fallback = ChoiceMode::Fallback;
+        assert_eq!(
+            decide(
+                fallback,
+                false,
+                Some("search[red running shoes]"),
+                &admissible
+            ),
+            Decision::Keep
+        );
+        assert_eq!(
+            decide(fallback, false, Some("Search[ shoes ]"), &admissible),
+            Decision::Keep
+        );
+        for not_filled in [
+            "search[]",
+            "search[...]",
+            "search red shoes",
+            "click[b0001]",
+        ] {
+            assert_eq!(
+                decide(fallback, false, Some(not_filled), &admissible),
+                Decision::Score(ChoiceReason::NotAdmissible),
+                "{not_filled}"
+            );
+        }
+        let mixed = actions(&["search[...]", "click[buy now]", "click[< prev]"]);
+        assert_eq!(
+            select_candidates(&mixed, "buy", 10),
+            ["click[buy now]", "click[< prev]"]
+        );
     }
 
     #[test]
