@@ -42,6 +42,11 @@ pub enum Command {
     Harness(HarnessCommand),
     /// Print one completion of a prompt (as a user message) from any model backend.
     Generate(GenerateArgs),
+    /// Take tasks from a NATS cluster and run their episodes (any number of workers, any hosts).
+    Worker(WorkerArgs),
+    /// Execute the runs submitted to a NATS cluster (`kiln run --nats`); resumes unfinished runs
+    /// when restarted.
+    Coordinator(CoordinatorArgs),
     /// Regenerate `report.md` of a run directory and print its summary.
     Report {
         /// The run directory (`runs/<run-id>` or an `--out` directory).
@@ -91,6 +96,57 @@ pub struct RunArgs {
     /// Wall-clock limit of one episode in seconds, 0 for none [default: 600].
     #[arg(long)]
     pub timeout_s: Option<u64>,
+    /// Run on a NATS cluster: submit the run to `kiln coordinator`, whose `kiln worker`s run the
+    /// episodes, and follow it here (the run directory is written locally too). `--workers` is
+    /// ignored. Ctrl-C detaches; the run goes on.
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+}
+
+/// How to reach the cluster. Every process of a cluster should use the same lease and
+/// max-deliver: the last one to connect sets them on the shared consumer.
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS server URL (`nats://host:4222`).
+    #[arg(long, value_name = "URL", env = "KILN_NATS_URL")]
+    pub nats: String,
+    /// Lease of a task in seconds: a task whose worker sends no heartbeat for this long is
+    /// redelivered.
+    #[arg(long, default_value_t = 60)]
+    pub lease_s: u64,
+    /// Deliveries of one task at most; then it is recorded as an error.
+    #[arg(long, default_value_t = 5)]
+    pub max_deliver: i64,
+}
+
+/// `kiln worker`.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Episodes run concurrently.
+    #[arg(long, default_value_t = 4)]
+    pub slots: usize,
+    /// Name in outcomes and logs [default: <hostname>-<pid>].
+    #[arg(long)]
+    pub id: Option<String>,
+    /// On SIGTERM/SIGINT, how long running episodes may take to finish before their tasks are
+    /// handed back (a second signal hands them back at once).
+    #[arg(long, default_value_t = 60)]
+    pub drain_timeout_s: u64,
+}
+
+/// `kiln coordinator`.
+#[derive(Debug, Args)]
+pub struct CoordinatorArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// Where run directories go (`<DIR>/<run-id>`).
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
+    /// Name in run records and logs [default: <hostname>-<pid>].
+    #[arg(long)]
+    pub id: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

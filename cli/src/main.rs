@@ -61,6 +61,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Envs => commands::envs::envs().map(|()| ExitCode::SUCCESS),
         Command::Generate(args) => commands::generate::generate(args).await,
         Command::Harness(command) => commands::harness::harness(command),
+        Command::Worker(args) => commands::worker::worker(args).await,
+        Command::Coordinator(args) => commands::coordinator::coordinator(args).await,
         Command::Report { dir } => commands::report::report(&dir).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -77,13 +77,26 @@ async fn dispatch_all(state: &mut DispatcherArgs) -> Result<(), CoordinatorError
                 format!("cannot publish harness {harness_hash}: {error}"),
             )
         })?;
-    let tasks = pending_tasks(
-        &state.config,
-        &state.done,
-        &state.env_options,
-        state.timeout_s,
-    );
+    // After a coordinator restart some tasks are still in a durable queue: queue only the rest.
+    let queued = state
+        .transport
+        .queued(&state.config.run_id)
+        .await
+        .map_err(|error| {
+            CoordinatorError::new(
+                CoordinatorErrorKind::Transport,
+                format!("cannot list the queued tasks: {error}"),
+            )
+        })?;
+    let skip: BTreeSet<(String, u32)> = state.done.union(&queued).cloned().collect();
+    let tasks = pending_tasks(&state.config, &skip, &state.env_options, state.timeout_s);
     let count = tasks.len();
+    if !queued.is_empty() {
+        tracing::info!(
+            already_queued = queued.len(),
+            "tasks still queued from an earlier session are not queued again"
+        );
+    }
     for task in tasks {
         let (task_id, attempt) = (task.task_id.clone(), task.attempt);
         state.transport.enqueue(task).await.map_err(|error| {

@@ -14,8 +14,10 @@ pub mod dispatcher;
 pub mod error;
 pub mod plan;
 pub mod progress;
+pub mod registry;
 pub mod report;
 pub mod run;
+pub mod service;
 pub mod store;
 pub mod supervisor;
 
@@ -25,10 +27,12 @@ mod testing;
 pub use config::{HarnessRef, RunConfig, UserMode, config_differences};
 pub use error::{CoordinatorError, CoordinatorErrorKind};
 pub use progress::{NoProgress, Progress, ProgressObserver};
+pub use registry::{RunRecord, RunRegistry, RunState};
 pub use report::{RunStats, compute_stats, render_report, render_summary};
 pub use run::{RunLaunch, execute_run, write_run_report};
+pub use service::CoordinatorService;
 pub use store::RunStore;
-pub use supervisor::RunSummary;
+pub use supervisor::{RunRole, RunSummary};
 
 /// The Kiln version recorded in `run.toml`.
 pub const KILN_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -14,10 +14,12 @@ use crate::error::{CoordinatorError, CoordinatorErrorKind};
 use crate::progress::ProgressObserver;
 use crate::report::{RunStats, compute_stats, render_report};
 use crate::store::{RunStore, read_outcomes, read_run_config, write_report};
-use crate::supervisor::{RunSummary, RunSupervisor, SupervisorArgs};
+use crate::supervisor::{RunRole, RunSummary, RunSupervisor, SupervisorArgs};
 
 /// What [`execute_run`] needs: an open store (new or resumed) and what the run talks to.
 pub struct RunLaunch {
+    /// Coordinate (queue and record) or only follow (record).
+    pub role: RunRole,
     pub store: RunStore,
     pub harness: HarnessSpec,
     /// Options given to every environment instance (τ²: `{"user": "scripted"}`).
@@ -42,6 +44,7 @@ pub async fn execute_run(launch: RunLaunch) -> Result<RunSummary, CoordinatorErr
     );
     let (reply, answer) = oneshot::channel();
     let args = SupervisorArgs {
+        role: launch.role,
         store: launch.store,
         done,
         env_options: launch.env_options,

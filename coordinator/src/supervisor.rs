@@ -36,8 +36,19 @@ pub enum SupervisorMsg {
     AllCollected(Progress),
 }
 
+/// What this process does for a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunRole {
+    /// Queue the pending tasks and record the results (the coordinator).
+    Coordinate,
+    /// Only record the results another process's dispatcher queued (`kiln run --nats` following
+    /// a run that `kiln coordinator` executes).
+    Follow,
+}
+
 /// What a run is started with.
 pub struct SupervisorArgs {
+    pub role: RunRole,
     pub store: RunStore,
     /// (task, attempt) keys recorded by earlier sessions.
     pub done: BTreeSet<(String, u32)>,
@@ -56,7 +67,8 @@ pub struct SupervisorArgs {
 pub struct SupervisorState {
     run_id: String,
     collector: ActorCell,
-    dispatcher: ActorCell,
+    /// `None` when following.
+    dispatcher: Option<ActorCell>,
     dispatched: usize,
     /// Taken when the run ends; `None` afterwards.
     reply: Option<oneshot::Sender<Result<RunSummary, CoordinatorError>>>,
@@ -96,34 +108,39 @@ impl Actor for RunSupervisor {
             myself.get_cell(),
         )
         .await?;
-        let dispatcher_args = DispatcherArgs {
-            config,
-            done: args.done,
-            env_options: args.env_options,
-            timeout_s: args.timeout_s,
-            harness: args.harness,
-            transport: args.transport,
-            harnesses: args.harnesses,
-            supervisor: myself.clone(),
-        };
-        let spawned = Actor::spawn_linked(
-            Some(format!("{run_id}/dispatcher")),
-            Dispatcher,
-            dispatcher_args,
-            myself.get_cell(),
-        )
-        .await;
-        let dispatcher = match spawned {
-            Ok((dispatcher, _)) => dispatcher,
-            Err(error) => {
-                collector.stop(Some("dispatcher failed to start".to_string()));
-                return Err(error.into());
+        let dispatcher = match args.role {
+            RunRole::Follow => None,
+            RunRole::Coordinate => {
+                let dispatcher_args = DispatcherArgs {
+                    config,
+                    done: args.done,
+                    env_options: args.env_options,
+                    timeout_s: args.timeout_s,
+                    harness: args.harness,
+                    transport: args.transport,
+                    harnesses: args.harnesses,
+                    supervisor: myself.clone(),
+                };
+                let spawned = Actor::spawn_linked(
+                    Some(format!("{run_id}/dispatcher")),
+                    Dispatcher,
+                    dispatcher_args,
+                    myself.get_cell(),
+                )
+                .await;
+                match spawned {
+                    Ok((dispatcher, _)) => Some(dispatcher.get_cell()),
+                    Err(error) => {
+                        collector.stop(Some("dispatcher failed to start".to_string()));
+                        return Err(error.into());
+                    }
+                }
             }
         };
         Ok(SupervisorState {
             run_id,
             collector: collector.get_cell(),
-            dispatcher: dispatcher.get_cell(),
+            dispatcher,
             dispatched: 0,
             reply: Some(args.reply),
         })
@@ -190,7 +207,11 @@ fn child_name(state: &SupervisorState, cell: &ActorCell) -> Option<&'static str>
     if cell.get_id() == state.collector.get_id() {
         return Some("collector");
     }
-    if cell.get_id() == state.dispatcher.get_id() {
+    let is_dispatcher = state
+        .dispatcher
+        .as_ref()
+        .is_some_and(|dispatcher| dispatcher.get_id() == cell.get_id());
+    if is_dispatcher {
         return Some("dispatcher");
     }
     None
@@ -234,7 +255,9 @@ fn finish(
     if let Some(reply) = state.reply.take() {
         let _ = reply.send(result);
     }
-    state.dispatcher.stop(Some("run finished".to_string()));
+    if let Some(dispatcher) = &state.dispatcher {
+        dispatcher.stop(Some("run finished".to_string()));
+    }
     state.collector.stop(Some("run finished".to_string()));
     myself.stop(Some("run finished".to_string()));
 }

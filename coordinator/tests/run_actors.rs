@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use kiln_coordinator::config::{HarnessRef, RunConfig, UserMode};
 use kiln_coordinator::store::{OUTCOMES, read_outcomes};
 use kiln_coordinator::{
-    CoordinatorErrorKind, Progress, ProgressObserver, RunLaunch, RunStore, execute_run,
+    CoordinatorErrorKind, Progress, ProgressObserver, RunLaunch, RunRole, RunStore, execute_run,
 };
 use kiln_protocol::{
     ComponentScore, HarnessSpec, ModelSpec, Outcome, TaskSpec, Termination, Trajectory, Usage,
@@ -153,6 +153,7 @@ fn launch(
     progress: Arc<dyn ProgressObserver>,
 ) -> RunLaunch {
     RunLaunch {
+        role: RunRole::Coordinate,
         store,
         harness: harness(),
         env_options: json!({"user": "scripted"}),

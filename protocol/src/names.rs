@@ -27,3 +27,9 @@ pub fn outcome_subject(run_id: &str) -> String {
 pub fn image_name(name: &str, version: &str) -> String {
     format!("kiln/{name}:{version}")
 }
+
+/// JetStream stream that keeps the max-deliveries advisories of [`TASKS_STREAM`], so that a task
+/// given up while no coordinator was listening still gets its error outcome.
+pub const ADVISORIES_STREAM: &str = "KILN_ADVISORIES";
+/// KV bucket of submitted runs (their configuration and state), which `kiln coordinator` executes.
+pub const RUNS_BUCKET: &str = "kiln_runs";

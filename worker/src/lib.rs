@@ -29,4 +29,7 @@ pub use in_process::{InProcessTransport, TransportStats};
 pub use nats::{NatsHarnessStore, NatsOptions, NatsTransport};
 pub use resolve::{BackendModelResolver, CatalogEnvResolver, EnvResolver, ModelResolver};
 pub use transport::{TaskLease, TaskResult, Transport, TransportError, TransportErrorKind};
-pub use worker::{Episode, EpisodeRunner, WorkerConfig, WorkerDeps, WorkerStats, run_worker};
+pub use worker::{
+    Episode, EpisodeRunner, WorkerAbandon, WorkerConfig, WorkerDeps, WorkerStats, run_worker,
+    run_worker_abandonable,
+};

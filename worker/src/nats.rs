@@ -17,9 +17,11 @@
 //! default) fails with a [`TransportErrorKind::Codec`] error naming the subject and both sizes.
 //! Deployments running long episodes raise `max_payload` (the test server uses 8 MiB).
 //!
-//! Not handled yet: a task that used up `max_deliver` stays in the work queue undelivered and
-//! produces no outcome (JetStream emits a max-deliveries advisory that nothing consumes yet).
+//! A task that used up `max_deliver` stays in the work queue undelivered; JetStream emits a
+//! max-deliveries advisory, which the coordinator turns into that task's error outcome
+//! ([`advisories`]).
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -27,7 +29,9 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::pull::{Config as PullConfig, OrderedConfig};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::message::{AckKind, PublishMessage};
-use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{
+    Config as StreamConfig, DirectGetErrorKind, RetentionPolicy, StorageType,
+};
 use async_nats::jetstream::{self, Context};
 use async_trait::async_trait;
 use futures::StreamExt;
@@ -39,6 +43,7 @@ use tokio::sync::watch;
 
 use crate::transport::{TaskLease, TaskResult, Transport, TransportError, TransportErrorKind};
 
+pub mod advisories;
 mod harness_store;
 
 pub use harness_store::NatsHarnessStore;
@@ -263,6 +268,43 @@ impl Transport for NatsTransport {
         let (sender, receiver) = unbounded_channel();
         tokio::spawn(forward_results(subject, messages, sender));
         Ok(receiver)
+    }
+
+    async fn queued(&self, run_id: &str) -> Result<BTreeSet<(String, u32)>, TransportError> {
+        let subject = checked_subject(run_id, task_subject)?;
+        let stream = self
+            .inner
+            .jetstream
+            .get_stream(TASKS_STREAM)
+            .await
+            .map_err(|error| backend(format!("cannot open stream {TASKS_STREAM}: {error}")))?;
+        // A work-queue stream holds exactly the unacknowledged tasks; walk the run's subject with
+        // direct gets (a second consumer is not allowed on a work queue).
+        let mut keys = BTreeSet::new();
+        let mut next_sequence = 1;
+        loop {
+            let message = match stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next_sequence))
+                .await
+            {
+                Ok(message) => message,
+                Err(error) if error.kind() == DirectGetErrorKind::NotFound => return Ok(keys),
+                Err(error) => {
+                    return Err(backend(format!(
+                        "cannot read the queued tasks of {subject}: {error}"
+                    )));
+                }
+            };
+            next_sequence = message.sequence + 1;
+            match serde_json::from_slice::<TaskSpec>(&message.payload) {
+                Ok(task) => {
+                    keys.insert((task.task_id, task.attempt));
+                }
+                Err(error) => {
+                    tracing::warn!(%subject, sequence = message.sequence, %error, "queued message is not a task")
+                }
+            }
+        }
     }
 
     async fn pull(&self) -> Result<Option<Box<dyn TaskLease>>, TransportError> {
@@ -517,6 +559,8 @@ fn tasks_stream_config(options: &NatsOptions) -> StreamConfig {
         retention: RetentionPolicy::WorkQueue,
         storage: storage(options),
         duplicate_window: options.duplicate_window,
+        // `queued` reads the pending tasks with direct gets.
+        allow_direct: true,
         ..Default::default()
     }
 }

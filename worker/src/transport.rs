@@ -6,6 +6,7 @@
 //! heartbeats while the episode runs. Results are published to a per-run stream; redelivery may
 //! publish the same (run, task, attempt) twice, so subscribers deduplicate by that key.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -87,6 +88,13 @@ pub trait Transport: Send + Sync {
         &self,
         run_id: &str,
     ) -> Result<UnboundedReceiver<TaskResult>, TransportError>;
+    /// Coordinator side: the (task, attempt) keys of `run_id` still in the work queue (waiting or
+    /// leased), so a coordinator that restarts does not queue them again. A transport whose queue
+    /// does not outlive the coordinator (in-process) has none.
+    async fn queued(&self, run_id: &str) -> Result<BTreeSet<(String, u32)>, TransportError> {
+        let _ = run_id;
+        Ok(BTreeSet::new())
+    }
     /// Worker side: waits for the next task; `None` once the transport is closed.
     async fn pull(&self) -> Result<Option<Box<dyn TaskLease>>, TransportError>;
     /// Worker side: publish one result.

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use kiln_environments::Environment;
 use kiln_models::ModelFactory;
 use kiln_protocol::{HarnessSpec, TaskSpec, Termination};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -92,13 +93,55 @@ impl WorkerStats {
     }
 }
 
+/// Hands a worker's running tasks back. Draining is closing the transport: no new task is
+/// pulled and running episodes finish. When a drain takes too long, [`WorkerAbandon::abandon`]
+/// stops the running episodes and naks their leases, so other workers take them at once instead
+/// of after the lease expires.
+#[derive(Clone)]
+pub struct WorkerAbandon {
+    sender: Arc<watch::Sender<bool>>,
+}
+
+impl WorkerAbandon {
+    pub fn new() -> Self {
+        let (sender, _) = watch::channel(false);
+        Self {
+            sender: Arc::new(sender),
+        }
+    }
+
+    /// Stops every running episode of the worker and hands its task back.
+    pub fn abandon(&self) {
+        self.sender.send_replace(true);
+    }
+
+    fn subscribe(&self) -> watch::Receiver<bool> {
+        self.sender.subscribe()
+    }
+}
+
+impl Default for WorkerAbandon {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Runs `config.slots` slots until the transport is closed.
 pub async fn run_worker(config: WorkerConfig, deps: WorkerDeps) -> WorkerStats {
+    run_worker_abandonable(config, deps, WorkerAbandon::new()).await
+}
+
+/// [`run_worker`] whose running tasks `abandon` can hand back (graceful shutdown with a deadline).
+pub async fn run_worker_abandonable(
+    config: WorkerConfig,
+    deps: WorkerDeps,
+    abandon: WorkerAbandon,
+) -> WorkerStats {
     let config = Arc::new(config);
     let mut slots = JoinSet::new();
     for slot in 0..config.slots {
         let span = tracing::info_span!("slot", worker = %config.worker_id, slot);
-        slots.spawn(run_slot(config.clone(), deps.clone()).instrument(span));
+        slots.spawn(run_slot(config.clone(), deps.clone(), abandon.subscribe()).instrument(span));
     }
     let mut stats = WorkerStats::default();
     while let Some(joined) = slots.join_next().await {
@@ -111,9 +154,16 @@ pub async fn run_worker(config: WorkerConfig, deps: WorkerDeps) -> WorkerStats {
     stats
 }
 
-async fn run_slot(config: Arc<WorkerConfig>, deps: WorkerDeps) -> WorkerStats {
+async fn run_slot(
+    config: Arc<WorkerConfig>,
+    deps: WorkerDeps,
+    abandon: watch::Receiver<bool>,
+) -> WorkerStats {
     let mut stats = WorkerStats::default();
     loop {
+        if *abandon.borrow() {
+            return stats;
+        }
         let lease = match deps.transport.pull().await {
             Ok(Some(lease)) => lease,
             Ok(None) => return stats,
@@ -126,7 +176,11 @@ async fn run_slot(config: Arc<WorkerConfig>, deps: WorkerDeps) -> WorkerStats {
         };
         let task = lease.task();
         let span = tracing::info_span!("task", run_id = %task.run_id, task_id = %task.task_id, attempt = task.attempt);
-        stats.add(process_lease(lease, &config, &deps).instrument(span).await);
+        stats.add(
+            process_lease(lease, &config, &deps, abandon.clone())
+                .instrument(span)
+                .await,
+        );
     }
 }
 
@@ -135,12 +189,27 @@ async fn process_lease(
     lease: Box<dyn TaskLease>,
     config: &WorkerConfig,
     deps: &WorkerDeps,
+    mut abandon: watch::Receiver<bool>,
 ) -> WorkerStats {
     let task = lease.task().clone();
     let started_at = now_millis();
     tracing::debug!(delivery = lease.delivery(), "task started");
     let execution = execute_task(&task, config, deps);
-    let executed = keep_alive(lease.as_ref(), execution, config.heartbeat_interval).await;
+    // A closed abandon channel (no sender) disables that branch instead of abandoning.
+    let executed = tokio::select! {
+        executed = keep_alive(lease.as_ref(), execution, config.heartbeat_interval) => Some(executed),
+        Ok(_) = abandon.wait_for(|abandoned| *abandoned) => None,
+    };
+    let Some(executed) = executed else {
+        tracing::info!("worker shutting down; handing the task back");
+        if let Err(error) = lease.nak(Duration::ZERO).await {
+            tracing::warn!(%error, "nak failed; the task is redelivered when its lease expires");
+        }
+        return WorkerStats {
+            requeued: 1,
+            ..WorkerStats::default()
+        };
+    };
     let (result, failure) = match executed {
         Ok(result) => (result, None),
         Err(failure) => {
@@ -269,6 +338,8 @@ async fn run_guarded(
 ) -> Result<TaskResult, TaskFailure> {
     let handle = tokio::spawn(async move { runner.run(episode).await }.in_current_span());
     let abort = handle.abort_handle();
+    // Dropping this future (the worker abandoning the task) must stop the episode too.
+    let _abort_on_drop = AbortOnDrop(handle.abort_handle());
     let joined = match limit {
         None => handle.await,
         Some(limit) => match tokio::time::timeout(limit, handle).await {
@@ -299,5 +370,14 @@ async fn run_guarded(
             Termination::HarnessError,
             format!("episode was cancelled: {error}"),
         )),
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

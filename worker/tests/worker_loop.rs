@@ -12,8 +12,8 @@ use kiln_environments::{
 use kiln_protocol::{Action, EnvInfo, HarnessSpec, ModelSpec, StepResult, TaskSpec, Termination};
 use kiln_worker::{
     BackendModelResolver, EnvResolver, Episode, EpisodeRunner, HarnessStore, InMemoryHarnessStore,
-    InProcessTransport, TaskFailure, TaskResult, Transport, WorkerConfig, WorkerDeps,
-    failure_result, run_worker,
+    InProcessTransport, TaskFailure, TaskResult, Transport, WorkerAbandon, WorkerConfig,
+    WorkerDeps, failure_result, run_worker, run_worker_abandonable,
 };
 use serde_json::{Value, json};
 
@@ -244,5 +244,59 @@ async fn bad_tasks_become_error_outcomes_and_the_worker_goes_on() {
     assert!(
         settled.heartbeats >= 10,
         "the 1s episode must be kept alive: {settled:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_draining_worker_finishes_or_hands_back_its_tasks() {
+    let transport = InProcessTransport::new();
+    let harnesses = InMemoryHarnessStore::new();
+    let spec = HarnessSpec {
+        schema: 1,
+        name: "h".into(),
+        description: String::new(),
+        envs: vec![],
+        processors: vec![],
+    };
+    harnesses.put("good", &spec).await.unwrap();
+    let mut results = transport.subscribe("run-w").await.unwrap();
+    transport
+        .enqueue(task("hang", "test-env", "good", Value::Null, 0))
+        .await
+        .unwrap();
+    let deps = WorkerDeps {
+        transport: Arc::new(transport.clone()),
+        harnesses: Arc::new(harnesses),
+        environments: Arc::new(OneEnv),
+        models: Arc::new(BackendModelResolver::new()),
+        runner: Arc::new(ScriptedRunner),
+    };
+    let abandon = WorkerAbandon::new();
+    let worker = tokio::spawn(run_worker_abandonable(
+        WorkerConfig::new("w-drain", 1),
+        deps,
+        abandon.clone(),
+    ));
+    while transport.stats().delivered == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Drain: no new task is taken; the running 60 s episode is still running.
+    transport.close().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!worker.is_finished(), "a drain waits for running episodes");
+    // The drain deadline passes: the task is handed back, not recorded.
+    abandon.abandon();
+    let stats = tokio::time::timeout(Duration::from_secs(5), worker)
+        .await
+        .expect("abandoning stops the worker at once")
+        .unwrap();
+    assert_eq!(stats.requeued, 1);
+    assert_eq!(stats.completed, 0);
+    let settled = transport.stats();
+    assert_eq!(settled.naked, 1, "{settled:?}");
+    assert_eq!(settled.published, 0, "{settled:?}");
+    assert!(
+        results.try_recv().is_err(),
+        "no outcome for a handed-back task"
     );
 }

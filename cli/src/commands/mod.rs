@@ -1,7 +1,10 @@
 //! One module per subcommand.
 
+pub mod cluster;
+pub mod coordinator;
 pub mod envs;
 pub mod generate;
 pub mod harness;
 pub mod report;
 pub mod run;
+pub mod worker;
