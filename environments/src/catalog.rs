@@ -5,13 +5,16 @@
 
 use std::sync::Arc;
 
+use crate::faults;
 use crate::tau2::Domain;
 use crate::tau2::env::{Tau2Factory, env_id};
 use crate::{EnvContext, EnvError, EnvErrorKind, EnvironmentFactory};
 
 /// Every environment id, in listing order.
 pub fn known_ids() -> Vec<&'static str> {
-    TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect()
+    let mut ids: Vec<&'static str> = TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect();
+    ids.push(faults::ENV_ID);
+    ids
 }
 
 const TAU2_DOMAINS: [Domain; 2] = [Domain::Retail, Domain::Airline];
@@ -19,10 +22,12 @@ const TAU2_DOMAINS: [Domain; 2] = [Domain::Retail, Domain::Airline];
 /// One factory per known environment. Their data is loaded on first use; a factory whose data is
 /// missing lists no splits and fails `create`/`task_ids` with a [`EnvErrorKind::Data`] error.
 pub fn factories(ctx: &EnvContext) -> Vec<Arc<dyn EnvironmentFactory>> {
-    TAU2_DOMAINS
+    let mut listed: Vec<Arc<dyn EnvironmentFactory>> = TAU2_DOMAINS
         .iter()
         .map(|domain| Arc::new(Tau2Factory::new(*domain, ctx)) as Arc<dyn EnvironmentFactory>)
-        .collect()
+        .collect();
+    listed.push(Arc::new(faults::FaultsFactory));
+    listed
 }
 
 /// The factory of `env_id`, with its data loaded. Unknown ids are [`EnvErrorKind::UnknownEnv`]
@@ -31,6 +36,9 @@ pub fn open(
     env_id_wanted: &str,
     ctx: &EnvContext,
 ) -> Result<Arc<dyn EnvironmentFactory>, EnvError> {
+    if env_id_wanted == faults::ENV_ID {
+        return Ok(Arc::new(faults::FaultsFactory));
+    }
     let Some(domain) = TAU2_DOMAINS
         .into_iter()
         .find(|domain| env_id(*domain) == env_id_wanted)
@@ -75,7 +83,7 @@ mod tests {
 
         let listed = factories(&ctx);
         let ids: Vec<&str> = listed.iter().map(|factory| factory.id()).collect();
-        assert_eq!(ids, ["tau2-retail", "tau2-airline"]);
+        assert_eq!(ids, ["tau2-retail", "tau2-airline", "debug-faults"]);
         assert!(listed[0].splits().is_empty());
         assert_eq!(
             listed[0].task_ids("test").unwrap_err().kind(),

@@ -13,6 +13,8 @@ use kiln_protocol::{Action, ComponentScore, EnvInfo, Message, StepResult, TaskSp
 use serde_json::Value;
 
 pub mod catalog;
+pub mod env_server;
+pub mod faults;
 pub mod tau2;
 
 /// What went wrong in an environment.
