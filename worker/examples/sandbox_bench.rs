@@ -5,8 +5,9 @@
 //! - `cli`: `docker run --rm -i` of the same image with the same limits, from the docker CLI,
 //!   timed until the hello line is read from its stdout (the baseline).
 //!
-//! All three run in the same process, alternating per repetition so that daemon load affects them
-//! alike. Containers are removed after each measurement (untimed).
+//! All three run in the same process, interleaved per repetition (cold and CLI in alternating
+//! order, after the warm pool has refilled) so that daemon load affects them alike. Containers
+//! are removed after each measurement (untimed).
 //!
 //! usage: sandbox_bench [--reps N] [--pool N] [--image IMAGE]
 
@@ -96,16 +97,18 @@ async fn main() {
 
     let (mut cold_ms, mut warm_ms, mut cli_ms) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..args.reps {
-        let started = Instant::now();
-        let mut sandbox = cold.start_cold(&request).await.expect("cold start");
-        cold_ms.push(millis(started.elapsed()));
-        sandbox.lease.release(false).await;
-
-        cli_ms.push(millis(cli_hello(&config).await));
-
-        // The pool refills in the background; measure a hand-out from a ready pool.
-        if warm.wait_warm(1, Duration::from_secs(60)).await == 0 {
+        // A full pool before each round: its background refills must not overlap the cold and
+        // CLI measurements.
+        if warm.wait_warm(args.pool, Duration::from_secs(60)).await < args.pool {
             panic!("the warm pool did not refill within 60s");
+        }
+        // Alternate the order of the two cold paths so neither always runs after the other.
+        if rep % 2 == 0 {
+            cold_ms.push(time_cold(&cold, &request).await);
+            cli_ms.push(millis(cli_hello(&config).await));
+        } else {
+            cli_ms.push(millis(cli_hello(&config).await));
+            cold_ms.push(time_cold(&cold, &request).await);
         }
         let started = Instant::now();
         let mut sandbox = warm.acquire(&request).await.expect("warm hand-out");
@@ -143,6 +146,15 @@ async fn main() {
         warm_50 / cli_50,
         warm_50
     );
+}
+
+/// A cold start through bollard, timed until hello; the container is removed untimed.
+async fn time_cold(provider: &DockerProvider, request: &SandboxRequest) -> f64 {
+    let started = Instant::now();
+    let mut sandbox = provider.start_cold(request).await.expect("cold start");
+    let elapsed = millis(started.elapsed());
+    sandbox.lease.release(false).await;
+    elapsed
 }
 
 /// `docker run --rm -i` with the sandbox's settings; the time until its first stdout line.
