@@ -54,6 +54,8 @@ impl AuxRole {
 }
 
 /// A line from the host to the server.
+// One value per line, built and consumed at once: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostLine {
@@ -64,6 +66,8 @@ pub enum HostLine {
 }
 
 /// What the host asks the server to do.
+// One value per line, built and consumed at once: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -113,6 +117,8 @@ pub enum AuxReply {
 }
 
 /// A line from the server to the host.
+// One value per line, built and consumed at once: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ServerLine {
@@ -135,6 +141,8 @@ pub enum ServerLine {
 }
 
 /// A request's result.
+// One value per line, built and consumed at once: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
@@ -143,6 +151,8 @@ pub enum Response {
 }
 
 /// A successful request's payload; the variant matches the request's `op`.
+// One value per line, built and consumed at once: variant size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Reply {
