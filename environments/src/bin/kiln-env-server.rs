@@ -11,10 +11,12 @@ use std::process::ExitCode;
 use kiln_environments::env_server::{ServeOptions, serve};
 use kiln_environments::{default_data_dir, faults};
 
-const USAGE: &str = "usage: kiln-env-server [--data-dir DIR]\n\
-serves one Kiln environment session on stdin/stdout (JSON lines); logs to stderr\n\
-  --data-dir DIR   Kiln's data root (default: $KILN_HOME, else ~/.cache/kiln)\n\
-  --version        prints the version";
+const USAGE: &str = concat!(
+    "usage: kiln-env-server [--data-dir DIR]\n",
+    "serves one Kiln environment session on stdin/stdout (JSON lines); logs to stderr\n",
+    "  --data-dir DIR   Kiln's data root (default: $KILN_HOME, else ~/.cache/kiln)\n",
+    "  --version        prints the version",
+);
 
 fn main() -> ExitCode {
     let data_dir = match parse_args(std::env::args().skip(1)) {
