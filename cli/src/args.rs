@@ -101,6 +101,37 @@ pub struct RunArgs {
     /// ignored. Ctrl-C detaches; the run goes on.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// Where episodes' environments run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SandboxKind {
+    /// In the worker process.
+    None,
+    /// A `kiln-env-server` subprocess per episode (crash isolation only).
+    Process,
+    /// A Docker container per episode from `kiln/env-server:<version>` (`ops/images`): no
+    /// network, resource limits, read-only root, no capabilities, non-root.
+    Docker,
+}
+
+/// `--sandbox` and its Docker settings.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Where environments run.
+    #[arg(long, value_enum, default_value_t = SandboxKind::None)]
+    pub sandbox: SandboxKind,
+    /// Docker: containers kept started for the next episodes.
+    #[arg(long, default_value_t = 0)]
+    pub warm_pool: usize,
+    /// Docker: memory limit of one environment container, MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub sandbox_memory_mib: u64,
+    /// Docker: CPU limit of one environment container.
+    #[arg(long, default_value_t = 1.0)]
+    pub sandbox_cpus: f64,
 }
 
 /// How to reach the cluster. Every process of a cluster should use the same lease and
@@ -134,6 +165,8 @@ pub struct WorkerArgs {
     /// handed back (a second signal hands them back at once).
     #[arg(long, default_value_t = 60)]
     pub drain_timeout_s: u64,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// `kiln coordinator`.

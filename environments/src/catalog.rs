@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::agentgym;
 use crate::alfworld::{self, AlfworldFactory};
+use crate::faults;
 use crate::tau2::Domain;
 use crate::tau2::env::{Tau2Factory, env_id};
 use crate::webshop::WebShopFactory;
@@ -18,6 +19,7 @@ pub fn known_ids() -> Vec<&'static str> {
     let mut ids: Vec<&'static str> = TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect();
     ids.push(alfworld::ENV_ID);
     ids.push(crate::webshop::ENV_ID);
+    ids.push(faults::ENV_ID);
     ids
 }
 
@@ -32,6 +34,7 @@ pub fn factories(ctx: &EnvContext) -> Vec<Arc<dyn EnvironmentFactory>> {
         .collect();
     factories.push(Arc::new(AlfworldFactory::new(ctx)));
     factories.push(Arc::new(WebShopFactory::new()));
+    factories.push(Arc::new(faults::FaultsFactory));
     factories
 }
 
@@ -55,6 +58,9 @@ pub fn open(
         // Generate the catalog now, as `open` loads every environment's data eagerly.
         let _ = factory.shop();
         return Ok(Arc::new(factory));
+    }
+    if env_id_wanted == faults::ENV_ID {
+        return Ok(Arc::new(faults::FaultsFactory));
     }
     let Some(domain) = TAU2_DOMAINS
         .into_iter()
@@ -102,7 +108,7 @@ mod tests {
 
         let listed = factories(&ctx);
         let ids: Vec<&str> = listed.iter().map(|factory| factory.id()).collect();
-        assert_eq!(ids, ["tau2-retail", "tau2-airline", "alfworld", "webshop"]);
+        assert_eq!(ids, ["tau2-retail", "tau2-airline", "alfworld", "webshop", "debug-faults"]);
         assert!(listed[0].splits().is_empty());
         assert_eq!(
             listed[0].task_ids("test").unwrap_err().kind(),

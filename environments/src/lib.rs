@@ -15,6 +15,8 @@ use serde_json::Value;
 pub mod agentgym;
 pub mod alfworld;
 pub mod catalog;
+pub mod env_server;
+pub mod faults;
 pub mod tau2;
 pub mod webshop;
 

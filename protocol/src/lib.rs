@@ -9,6 +9,7 @@
 
 pub mod chat;
 pub mod env;
+pub mod env_server;
 pub mod harness_spec;
 pub mod model_spec;
 pub mod names;

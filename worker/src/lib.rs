@@ -8,7 +8,8 @@
 //! - [`worker`]: the slot loop, with panic and timeout isolation per episode, and [`episode`], its
 //!   default episode runner (kiln-harness's loop);
 //! - [`aux_model`]: the adapter that gives environments a chat model as their simulated user or
-//!   judge.
+//!   judge;
+//! - [`sandbox`]: env-servers in subprocesses or Docker containers, behind an `EnvResolver`.
 
 pub mod aux_model;
 pub mod episode;
@@ -17,6 +18,7 @@ pub mod harness_store;
 pub mod in_process;
 pub mod nats;
 pub mod resolve;
+pub mod sandbox;
 pub mod testing;
 pub mod transport;
 pub mod worker;

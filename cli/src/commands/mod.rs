@@ -7,4 +7,5 @@ pub mod generate;
 pub mod harness;
 pub mod report;
 pub mod run;
+pub mod sandbox;
 pub mod worker;

@@ -21,13 +21,14 @@ use kiln_harness::{Harness, default_for_run};
 use kiln_models::{ModelFactory, factory_for};
 use kiln_protocol::{HarnessSpec, ModelSpec, SamplingParams};
 use kiln_worker::{
-    BackendModelResolver, CatalogEnvResolver, ChatAuxModel, HarnessEpisodeRunner,
+    BackendModelResolver, CatalogEnvResolver, ChatAuxModel, EnvResolver, HarnessEpisodeRunner,
     InMemoryHarnessStore, InProcessTransport, NatsOptions, Transport, WorkerConfig, WorkerDeps,
     run_worker,
 };
 use serde_json::{Value, json};
 
-use crate::args::RunArgs;
+use crate::args::{RunArgs, SandboxArgs};
+use crate::commands::sandbox::{sandboxed_resolver, shut_down};
 use crate::commands::cluster::connect;
 use crate::input_error;
 use crate::progress::BarProgress;
@@ -104,7 +105,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(&args, resume_dir.as_deref(), &config, &prepared.harness)?;
     match &args.nats {
         Some(url) => execute_on_cluster(store, prepared, url).await,
-        None => execute(store, prepared, args.workers).await,
+        None => execute(store, prepared, args.workers, &args.sandbox).await,
     }
 }
 
@@ -521,17 +522,28 @@ async fn execute(
     store: RunStore,
     prepared: PreparedRun,
     workers: usize,
+    sandbox: &SandboxArgs,
 ) -> anyhow::Result<ExitCode> {
     let dir = store.dir().to_path_buf();
     let run_id = store.config().run_id.clone();
     let transport = InProcessTransport::new();
     let harnesses = InMemoryHarnessStore::new();
+    // Containers of this process are labelled with its own worker id, so reaping them at the end
+    // cannot touch another `kiln run` on the same host.
+    let sandbox_worker = format!("local-{}", std::process::id());
+    let (environments, docker) =
+        match sandboxed_resolver(sandbox, &sandbox_worker, prepared.context.clone()).await? {
+            Some((resolver, docker)) => (resolver, docker),
+            None => (
+                Arc::new(CatalogEnvResolver::new(prepared.context).with_factory(prepared.factory))
+                    as Arc<dyn EnvResolver>,
+                None,
+            ),
+        };
     let deps = WorkerDeps {
         transport: Arc::new(transport.clone()),
         harnesses: Arc::new(harnesses.clone()),
-        environments: Arc::new(
-            CatalogEnvResolver::new(prepared.context).with_factory(prepared.factory),
-        ),
+        environments,
         models: Arc::new(
             BackendModelResolver::new()
                 .with_factory(&prepared.request.model, prepared.model_factory),
@@ -557,6 +569,10 @@ async fn execute(
     };
     progress.finish();
     transport.close().await;
+    if finished.is_none() {
+        worker.abort();
+    }
+    shut_down(docker).await;
     let Some(finished) = finished else {
         worker.abort();
         eprintln!(

@@ -9,12 +9,13 @@ use std::time::Duration;
 
 use kiln_environments::{EnvContext, default_data_dir};
 use kiln_worker::{
-    BackendModelResolver, CatalogEnvResolver, HarnessEpisodeRunner, Transport, WorkerAbandon,
+    BackendModelResolver, CatalogEnvResolver, EnvResolver, HarnessEpisodeRunner, Transport, WorkerAbandon,
     WorkerConfig, WorkerDeps, WorkerStats, run_worker_abandonable,
 };
 
 use crate::args::WorkerArgs;
 use crate::commands::cluster::{connect, default_process_id, nats_options, shutdown_signal};
+use crate::commands::sandbox::{sandboxed_resolver, shut_down};
 use crate::input_error;
 
 pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -28,10 +29,18 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         data_dir: default_data_dir(),
         ..EnvContext::default()
     };
+    let (environments, docker) =
+        match sandboxed_resolver(&args.sandbox, &id, context.clone()).await? {
+            Some((resolver, docker)) => (resolver, docker),
+            None => (
+                Arc::new(CatalogEnvResolver::new(context)) as Arc<dyn EnvResolver>,
+                None,
+            ),
+        };
     let deps = WorkerDeps {
         transport: Arc::new(transport.clone()),
         harnesses: Arc::new(harnesses),
-        environments: Arc::new(CatalogEnvResolver::new(context)),
+        environments,
         models: Arc::new(BackendModelResolver::new()),
         runner: Arc::new(HarnessEpisodeRunner::new()),
     };
@@ -43,7 +52,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         args.slots, args.nats.nats
     );
     tokio::select! {
-        stats = &mut running => return Ok(finished(&id, stats?)),
+        stats = &mut running => {
+            shut_down(docker).await;
+            return Ok(finished(&id, stats?));
+        }
         _ = shutdown_signal() => {}
     }
     let drain = Duration::from_secs(args.drain_timeout_s);
@@ -53,7 +65,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
     );
     transport.close().await;
     tokio::select! {
-        stats = &mut running => return Ok(finished(&id, stats?)),
+        stats = &mut running => {
+            shut_down(docker).await;
+            return Ok(finished(&id, stats?));
+        }
         _ = tokio::time::sleep(drain) => {
             eprintln!("kiln worker {id}: drain timeout; handing running tasks back");
         }
@@ -62,7 +77,9 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         }
     }
     abandon.abandon();
-    Ok(finished(&id, running.await?))
+    let stats = running.await?;
+    shut_down(docker).await;
+    Ok(finished(&id, stats))
 }
 
 fn finished(id: &str, stats: WorkerStats) -> ExitCode {
