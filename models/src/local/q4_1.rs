@@ -7,10 +7,8 @@
 //! in ggml), and each weight block contributes `dₓ·d_y·Σ(q₄·q₈) + mₓ·s_y`. The dot product uses AVX2
 //! and FMA when the CPU has them (checked at run time) and a portable loop otherwise.
 //!
-//! Rows are split across candle's CPU thread pool ([`candle_core::utils::barrier_pool`]), the same
-//! threads candle's own quantized matmul uses, so the two never compete for the cores. Each
-//! weight row is read once per call and dotted with every activation row while it is in L1, which
-//! is what makes batched decoding cheaper per token than single-sequence decoding.
+//! Rows are split across candle's CPU thread pool by [`super::rowwise::matmul_rows`]: each weight
+//! row is read once per call and dotted with every activation row while it is in L1.
 //!
 //! The product runs as a candle [`CustomOp1`] without a backward pass: it is for inference. The
 //! differentiable path dequantizes the same weights ([`Q4_1Matrix::dequantize`]) and uses a
@@ -18,6 +16,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use half::f16;
+
+use super::rowwise::{Dots, SharedOut, matmul_rows};
 
 /// Elements per Q4_1 (and Q8_1) block.
 pub const BLOCK_LEN: usize = 32;
@@ -122,51 +122,47 @@ impl Q4_1Matrix {
 
     /// `x · Wᵀ` for `x` of `m × cols` (row-major): returns `m × rows`. Runs on candle's CPU pool.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
-        assert_eq!(x.len(), m * self.cols, "activation size mismatch");
-        let per_row = self.blocks_per_row();
-        let quantized = quantize_rows_q8_1(x, m, self.cols);
-        let n = self.rows;
-        let mut out = vec![0f32; m * n];
-        let out_ptr = SharedOut(out.as_mut_ptr());
-        let kernel = Kernel::detect();
-        let pool = candle_core::utils::barrier_pool();
-        pool.execute_chunked(n, |range| {
-            let out_ptr = &out_ptr;
-            let activation_row = |row: usize| &quantized[row * per_row..(row + 1) * per_row];
-            for col in range {
-                let weights = self.row(col);
-                // SAFETY (writes below): each (row, col) is written by exactly one work item, and
-                // `out` outlives the pool call.
-                let mut row = 0;
-                while row + 4 <= m {
-                    let values = kernel.dot4(
-                        weights,
-                        [
-                            activation_row(row),
-                            activation_row(row + 1),
-                            activation_row(row + 2),
-                            activation_row(row + 3),
-                        ],
-                    );
-                    for (offset, value) in values.into_iter().enumerate() {
-                        unsafe { *out_ptr.0.add((row + offset) * n + col) = value };
-                    }
-                    row += 4;
-                }
-                for row in row..m {
-                    let value = kernel.dot(weights, activation_row(row));
-                    unsafe { *out_ptr.0.add(row * n + col) = value };
-                }
-            }
-        });
+        let mut out = vec![0f32; m * self.rows];
+        self.matmul_t_into(x, m, &mut out);
         out
     }
-}
 
-/// The output pointer shared by the pool's workers, which write disjoint elements.
-struct SharedOut(*mut f32);
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
+    /// [`Q4_1Matrix::matmul_t`] into `out` (`m × rows`, overwritten).
+    pub fn matmul_t_into(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "activation size mismatch");
+        assert_eq!(out.len(), m * self.rows, "output size mismatch");
+        let per_row = self.blocks_per_row();
+        let quantized = quantize_rows_q8_1(x, m, self.cols);
+        let activation_row = |row: usize| &quantized[row * per_row..(row + 1) * per_row];
+        let kernel = Kernel::detect();
+        let row = |col: usize| self.row(col);
+        matmul_rows(
+            self.rows,
+            m,
+            SharedOut::new(out),
+            Dots {
+                single: |col, r| kernel.dot(row(col), activation_row(r)),
+                four_rows: |col, r| {
+                    kernel.dot4(
+                        row(col),
+                        [
+                            activation_row(r),
+                            activation_row(r + 1),
+                            activation_row(r + 2),
+                            activation_row(r + 3),
+                        ],
+                    )
+                },
+                four_cols: |col, r| {
+                    kernel.dot_cols4(
+                        [row(col), row(col + 1), row(col + 2), row(col + 3)],
+                        activation_row(r),
+                    )
+                },
+            },
+        );
+    }
+}
 
 /// The dot-product implementation this CPU supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +192,16 @@ impl Kernel {
             // SAFETY: `detect` checked the CPU features.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::dot(xs, ys) },
+        }
+    }
+
+    /// Four weight rows against one activation row.
+    fn dot_cols4(self, xs: [&[BlockQ4_1]; 4], ys: &[BlockQ8_1]) -> [f32; 4] {
+        match self {
+            Kernel::Portable => xs.map(|x| dot_portable(x, ys)),
+            // SAFETY: `detect` checked the CPU features.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => unsafe { avx2::dot_cols4(xs, ys) },
         }
     }
 
@@ -234,7 +240,7 @@ mod avx2 {
     /// multiplied with the signed activations by `maddubs` (no saturation: 2·15·127 < 2¹⁵), summed
     /// to 8 lanes of i32 and accumulated in f32 with the block's scale. `[dₓ, mₓ]` (adjacent f16)
     /// and `[d_y, s_y]` (adjacent f32) are each loaded and converted once. The accumulation order
-    /// is exactly that of [`dot4`], so a row gets the same bits batched or alone.
+    /// is exactly that of [`dot4`] and [`dot_cols4`], so a row gets the same bits batched or alone.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot(xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
         let mut accumulator = _mm256_setzero_ps();
@@ -259,6 +265,29 @@ mod avx2 {
             let x_scales = unsafe { scales_of(x) };
             for row in 0..4 {
                 let y = unsafe { ys[row].get_unchecked(index) };
+                let (products, scales) = unsafe { block_product(weights, x_scales, y) };
+                accumulators[row] =
+                    _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), products, accumulators[row]);
+                offsets[row] = _mm_add_ps(offsets[row], scales);
+            }
+        }
+        let mut out = [0f32; 4];
+        for row in 0..4 {
+            out[row] = finish(accumulators[row], offsets[row]);
+        }
+        out
+    }
+
+    /// [`dot`] of four weight rows with one activation row, loading each activation block once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_cols4(xs: [&[BlockQ4_1]; 4], ys: &[BlockQ8_1]) -> [f32; 4] {
+        let mut accumulators = [_mm256_setzero_ps(); 4];
+        let mut offsets = [_mm_setzero_ps(); 4];
+        for (index, y) in ys.iter().enumerate() {
+            for row in 0..4 {
+                let x = unsafe { xs[row].get_unchecked(index) };
+                let weights = unsafe { unpack(x) };
+                let x_scales = unsafe { scales_of(x) };
                 let (products, scales) = unsafe { block_product(weights, x_scales, y) };
                 accumulators[row] =
                     _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), products, accumulators[row]);
@@ -348,7 +377,7 @@ fn quantize_rows_q8_1(x: &[f32], m: usize, cols: usize) -> Vec<BlockQ8_1> {
 /// `|x| <= 2²²`: adding and subtracting 1.5·2²³ leaves no fraction bits. Unlike
 /// `f32::round_ties_even` it compiles to two additions rather than a libm call.
 #[inline]
-fn round_ties_even(x: f32) -> f32 {
+pub(super) fn round_ties_even(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
     (x + MAGIC) - MAGIC
 }
