@@ -153,12 +153,6 @@ impl Q4_1Matrix {
                         ],
                     )
                 },
-                four_cols: |col, r| {
-                    kernel.dot_cols4(
-                        [row(col), row(col + 1), row(col + 2), row(col + 3)],
-                        activation_row(r),
-                    )
-                },
             },
         );
     }
@@ -192,16 +186,6 @@ impl Kernel {
             // SAFETY: `detect` checked the CPU features.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx2 => unsafe { avx2::dot(xs, ys) },
-        }
-    }
-
-    /// Four weight rows against one activation row.
-    fn dot_cols4(self, xs: [&[BlockQ4_1]; 4], ys: &[BlockQ8_1]) -> [f32; 4] {
-        match self {
-            Kernel::Portable => xs.map(|x| dot_portable(x, ys)),
-            // SAFETY: `detect` checked the CPU features.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_cols4(xs, ys) },
         }
     }
 
@@ -240,7 +224,7 @@ mod avx2 {
     /// multiplied with the signed activations by `maddubs` (no saturation: 2·15·127 < 2¹⁵), summed
     /// to 8 lanes of i32 and accumulated in f32 with the block's scale. `[dₓ, mₓ]` (adjacent f16)
     /// and `[d_y, s_y]` (adjacent f32) are each loaded and converted once. The accumulation order
-    /// is exactly that of [`dot4`] and [`dot_cols4`], so a row gets the same bits batched or alone.
+    /// is exactly that of [`dot4`], so a row gets the same bits batched or alone.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot(xs: &[BlockQ4_1], ys: &[BlockQ8_1]) -> f32 {
         let mut accumulator = _mm256_setzero_ps();
@@ -265,29 +249,6 @@ mod avx2 {
             let x_scales = unsafe { scales_of(x) };
             for row in 0..4 {
                 let y = unsafe { ys[row].get_unchecked(index) };
-                let (products, scales) = unsafe { block_product(weights, x_scales, y) };
-                accumulators[row] =
-                    _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), products, accumulators[row]);
-                offsets[row] = _mm_add_ps(offsets[row], scales);
-            }
-        }
-        let mut out = [0f32; 4];
-        for row in 0..4 {
-            out[row] = finish(accumulators[row], offsets[row]);
-        }
-        out
-    }
-
-    /// [`dot`] of four weight rows with one activation row, loading each activation block once.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_cols4(xs: [&[BlockQ4_1]; 4], ys: &[BlockQ8_1]) -> [f32; 4] {
-        let mut accumulators = [_mm256_setzero_ps(); 4];
-        let mut offsets = [_mm_setzero_ps(); 4];
-        for (index, y) in ys.iter().enumerate() {
-            for row in 0..4 {
-                let x = unsafe { xs[row].get_unchecked(index) };
-                let weights = unsafe { unpack(x) };
-                let x_scales = unsafe { scales_of(x) };
                 let (products, scales) = unsafe { block_product(weights, x_scales, y) };
                 accumulators[row] =
                     _mm256_fmadd_ps(_mm256_broadcastss_ps(scales), products, accumulators[row]);

@@ -144,12 +144,6 @@ impl Q8_0Matrix {
                         ],
                     )
                 },
-                four_cols: |col, r| {
-                    kernel.dot_cols4(
-                        [row(col), row(col + 1), row(col + 2), row(col + 3)],
-                        activation_row(r),
-                    )
-                },
             },
         );
     }
@@ -186,16 +180,6 @@ impl Kernel {
         }
     }
 
-    /// Four weight rows against one activation row.
-    fn dot_cols4(self, xs: [&[BlockQ8_0]; 4], ys: &[ActivationQ8_0]) -> [f32; 4] {
-        match self {
-            Kernel::Portable => xs.map(|x| dot_portable(x, ys)),
-            // SAFETY: `detect` checked the CPU features.
-            #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => unsafe { avx2::dot_cols4(xs, ys) },
-        }
-    }
-
     /// One weight row against four activation rows (each weight block is loaded once).
     fn dot4(self, xs: &[BlockQ8_0], ys: [&[ActivationQ8_0]; 4]) -> [f32; 4] {
         match self {
@@ -229,8 +213,8 @@ mod avx2 {
 
     /// The AVX2 form of [`super::dot_portable`], as ggml computes it: `|qₓ|` times `q_y` with
     /// `qₓ`'s sign (`maddubs` needs one unsigned operand), summed to 8 lanes of i32 and
-    /// accumulated in f32 with the block's scale. Accumulates in the same order as [`dot4`] and
-    /// [`dot_cols4`], so a row gets the same bits batched or alone.
+    /// accumulated in f32 with the block's scale. Accumulates in the same order as [`dot4`], so a
+    /// row gets the same bits batched or alone.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn dot(xs: &[BlockQ8_0], ys: &[ActivationQ8_0]) -> f32 {
         let mut accumulator = _mm256_setzero_ps();
@@ -253,27 +237,6 @@ mod avx2 {
             let signs = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
             for row in 0..4 {
                 let y = unsafe { ys[row].get_unchecked(index) };
-                let products = unsafe { block_product(magnitudes, signs, y) };
-                let scale = _mm256_set1_ps(x_scale * y.d);
-                accumulators[row] = _mm256_fmadd_ps(scale, products, accumulators[row]);
-            }
-        }
-        let mut out = [0f32; 4];
-        for row in 0..4 {
-            out[row] = horizontal_sum(accumulators[row]);
-        }
-        out
-    }
-
-    /// [`dot`] of four weight rows with one activation row, loading each activation block once.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_cols4(xs: [&[BlockQ8_0]; 4], ys: &[ActivationQ8_0]) -> [f32; 4] {
-        let mut accumulators = [_mm256_setzero_ps(); 4];
-        for (index, y) in ys.iter().enumerate() {
-            for row in 0..4 {
-                let x = unsafe { xs[row].get_unchecked(index) };
-                let (magnitudes, x_scale) = unsafe { load_weights(x) };
-                let signs = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
                 let products = unsafe { block_product(magnitudes, signs, y) };
                 let scale = _mm256_set1_ps(x_scale * y.d);
                 accumulators[row] = _mm256_fmadd_ps(scale, products, accumulators[row]);
