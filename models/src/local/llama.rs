@@ -16,11 +16,13 @@
 //!
 //! # Kernels
 //!
-//! [`ForwardMode::Fast`] (inference) picks per device: on CPU, Q4_1 weights use Kiln's AVX2
-//! kernel ([`super::q4_1`]), other quantized weights candle's `QMatMul`, and attention Kiln's
-//! batched CPU kernel ([`super::attention`]); on CUDA, candle's quantized matmul and attention
-//! from candle ops. candle's fused `rms_norm`, `softmax_last_dim` and `rope_i` are used on both.
-//! None of these carry gradients.
+//! [`ForwardMode::Fast`] (inference) on CPU runs Kiln's *host path* ([`super::host`]): the whole
+//! forward pass on plain slices, with Kiln's AVX2 kernels for Q4_1 ([`super::q4_1`]) and Q8_0
+//! ([`super::q8_0`]) weights (candle's `QMatMul` for other types), Kiln's batched attention
+//! ([`super::attention`]), and the KV cache in plain vectors. A Q8_0 token embedding is kept
+//! quantized and shared with the tied output projection (no 113 MB f32 copy for SmolLM2). On CUDA,
+//! fast mode runs the candle-ops path below with candle's quantized matmul and its fused
+//! `rms_norm`, `softmax_last_dim` and `rope_i`. None of these carry gradients.
 //!
 //! [`ForwardMode::Differentiable`] runs the same model with dequantized f32 weights, plain
 //! matmuls and the composed (`*_slow`) norm, softmax and RoPE, so gradients can flow through
@@ -635,8 +637,9 @@ impl LlamaModel {
                 for layer in 0..blocks {
                     let keys = Tensor::zeros((capacity, width), DType::F32, &self.device)?;
                     let values = Tensor::zeros((capacity, width), DType::F32, &self.device)?;
-                    if cache.len > 0 {
-                        let (old_keys, old_values) = &layers[layer];
+                    if let Some((old_keys, old_values)) = layers.get(layer)
+                        && cache.len > 0
+                    {
                         keys.slice_set(&old_keys.narrow(0, 0, cache.len)?, 0, 0)?;
                         values.slice_set(&old_values.narrow(0, 0, cache.len)?, 0, 0)?;
                     }
