@@ -66,13 +66,15 @@ fn main() {
     // Warm-up (thread pool start, page faults).
     single(&model, &encoded[0], 4);
     let (mut prefill_tokens, mut prefill_s, mut gen_tokens, mut gen_s) = (0, 0.0, 0, 0.0);
+    let mut gen_cpu_s = 0.0;
     let mut first_completion = Vec::new();
     for prompt in &encoded {
         let (prefill, generation, completion) = single(&model, prompt, args.tokens);
         prefill_tokens += prompt.len();
         prefill_s += prefill;
         gen_tokens += args.tokens;
-        gen_s += generation;
+        gen_s += generation.wall;
+        gen_cpu_s += generation.cpu;
         if first_completion.is_empty() {
             first_completion = completion;
         }
@@ -104,6 +106,7 @@ fn main() {
         "prefill_tok_s": prefill_tokens as f64 / prefill_s,
         "generated_tokens": gen_tokens,
         "generation_tok_s": gen_tokens as f64 / gen_s,
+        "generation_cpu_tok_s": gen_tokens as f64 / gen_cpu_s,
         "batched_sequences": encoded.len().min(args.batch),
         "batched_generated_tokens": batched_tokens,
         "batched_tok_s": batched_tokens as f64 / batched_s,
@@ -112,8 +115,15 @@ fn main() {
     println!("{report}");
 }
 
-/// (prefill seconds, generation seconds, generated ids) for one prompt from an empty cache.
-fn single(model: &LlamaModel, prompt: &[u32], tokens: usize) -> (f64, f64, Vec<u32>) {
+/// Seconds of generation: wall clock, and CPU time of the calling thread (which does all the work
+/// with one thread; on a loaded machine it leaves out the time other processes had the core).
+struct Timing {
+    wall: f64,
+    cpu: f64,
+}
+
+/// (prefill seconds, generation timing, generated ids) for one prompt from an empty cache.
+fn single(model: &LlamaModel, prompt: &[u32], tokens: usize) -> (f64, Timing, Vec<u32>) {
     let mut cache = model.new_cache();
     let started = Instant::now();
     let logits = forward(model, &mut cache, prompt);
@@ -121,12 +131,26 @@ fn single(model: &LlamaModel, prompt: &[u32], tokens: usize) -> (f64, f64, Vec<u
     let mut next = argmax(&logits);
     let mut completion = vec![next];
     let started = Instant::now();
+    let cpu_started = thread_cpu_seconds();
     for _ in 1..tokens {
         let logits = forward(model, &mut cache, &[next]);
         next = argmax(&logits);
         completion.push(next);
     }
-    (prefill, started.elapsed().as_secs_f64(), completion)
+    let timing = Timing {
+        wall: started.elapsed().as_secs_f64(),
+        cpu: thread_cpu_seconds() - cpu_started,
+    };
+    (prefill, timing, completion)
+}
+
+/// On-CPU time of the calling thread (Linux `/proc/thread-self/schedstat`, in nanoseconds); NaN
+/// where it cannot be read.
+fn thread_cpu_seconds() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(f64::NAN, |nanos| nanos / 1e9)
 }
 
 fn forward(

@@ -33,20 +33,22 @@ def main():
     encoded = [llm.tokenize(p.encode(), add_bos=False, special=True) for p in prompts]
 
     single(llm, encoded[0], 4)  # warm-up
-    prefill_tokens = prefill_s = generated = generation_s = 0
+    prefill_tokens = prefill_s = generated = generation_s = generation_cpu_s = 0
     first = None
     for tokens in encoded:
-        p, g, completion = single(llm, tokens, args.tokens)
+        p, (g, g_cpu), completion = single(llm, tokens, args.tokens)
         prefill_tokens += len(tokens)
         prefill_s += p
         generated += args.tokens
         generation_s += g
+        generation_cpu_s += g_cpu
         first = first or completion
     batched_tokens, batched_s = batched(llm, encoded, args.tokens, args.threads)
     print(json.dumps({
         "threads": args.threads,
         "prefill_tok_s": prefill_tokens / prefill_s,
         "generation_tok_s": generated / generation_s,
+        "generation_cpu_tok_s": generated / generation_cpu_s,
         "batched_tok_s": batched_tokens / batched_s,
         "batched_generated_tokens": batched_tokens,
         "first_completion": llm.detokenize(first).decode(errors="replace"),
@@ -54,19 +56,23 @@ def main():
 
 
 def single(llm, tokens, count):
-    """(prefill seconds, generation seconds, ids): greedy, not stopping at end of generation."""
+    """(prefill seconds, (generation seconds, generation CPU seconds of this thread), ids): greedy,
+    not stopping at end of generation. With one thread llama.cpp computes on the calling thread, so
+    its CPU time leaves out the time other processes had the core."""
     llm.reset()
     started = time.perf_counter()
     llm.eval(tokens)
     prefill = time.perf_counter() - started
     completion = []
     started = time.perf_counter()
+    cpu_started = time.thread_time()
     for _ in range(count):
         token = llm.sample(temp=0.0)
         completion.append(token)
         if len(completion) < count:
             llm.eval([token])
-    return prefill, time.perf_counter() - started, completion
+    timing = (time.perf_counter() - started, time.thread_time() - cpu_started)
+    return prefill, timing, completion
 
 
 def batched(llm, prompts, count, threads):

@@ -16,11 +16,13 @@
 //!
 //! # Kernels
 //!
-//! [`ForwardMode::Fast`] (inference) picks per device: on CPU, Q4_1 weights use Kiln's AVX2
-//! kernel ([`super::q4_1`]), other quantized weights candle's `QMatMul`, and attention Kiln's
-//! batched CPU kernel ([`super::attention`]); on CUDA, candle's quantized matmul and attention
-//! from candle ops. candle's fused `rms_norm`, `softmax_last_dim` and `rope_i` are used on both.
-//! None of these carry gradients.
+//! [`ForwardMode::Fast`] (inference) on CPU runs Kiln's *host path* ([`super::host`]): the whole
+//! forward pass on plain slices, with Kiln's AVX2 kernels for Q4_1 ([`super::q4_1`]) and Q8_0
+//! ([`super::q8_0`]) weights (candle's `QMatMul` for other types), Kiln's batched attention
+//! ([`super::attention`]), and the KV cache in plain vectors. A Q8_0 token embedding is kept
+//! quantized and shared with the tied output projection (no 113 MB f32 copy for SmolLM2). On CUDA,
+//! fast mode runs the candle-ops path below with candle's quantized matmul and its fused
+//! `rms_norm`, `softmax_last_dim` and `rope_i`. None of these carry gradients.
 //!
 //! [`ForwardMode::Differentiable`] runs the same model with dequantized f32 weights, plain
 //! matmuls and the composed (`*_slow`) norm, softmax and RoPE, so gradients can flow through
@@ -36,9 +38,11 @@ use std::path::Path;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{D, DType, Device, Module, Tensor};
 
-use super::attention::{Heads, SequenceView, causal_attention};
+use std::sync::Arc;
+
 use super::gguf::{GgmlType, GgufError, GgufFile, TensorInfo};
 use super::q4_1::{Q4_1Matrix, q4_1_matmul};
+use super::q8_0::Q8_0Matrix;
 use super::tokenizer::TokenId;
 
 /// What kind of problem a [`LlamaError`] is.
@@ -191,31 +195,66 @@ pub enum ForwardMode {
 
 /// A linear layer `x · Wᵀ` in whichever form the device and mode call for.
 #[derive(Debug)]
-enum Linear {
-    /// Kiln's CPU Q4_1 kernel.
+pub(super) enum Linear {
+    /// Kiln's CPU Q4_1 kernel (host path only).
     Q4_1(Q4_1Matrix),
-    /// candle's quantized matmul (CUDA, and non-Q4_1 types on CPU).
+    /// Kiln's CPU Q8_0 kernel (host path only); shared with the token embedding when tied.
+    Q8_0(Arc<Q8_0Matrix>),
+    /// candle's quantized matmul (CUDA, and types Kiln has no kernel for on CPU).
     Quantized(QMatMul),
     /// Dense f32 weights `(out, in)`.
     Dense(Tensor),
 }
 
 impl Linear {
+    /// The product on candle tensors (the candle-ops path).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Linear::Q4_1(matrix) => q4_1_matmul(x, matrix),
+            Linear::Q8_0(matrix) => {
+                let (m, cols) = x.dims2()?;
+                let values = x.to_vec2::<f32>()?.concat();
+                debug_assert_eq!(cols, matrix.cols());
+                Tensor::from_vec(matrix.matmul_t(&values, m), (m, matrix.rows()), x.device())
+            }
             Linear::Quantized(matmul) => matmul.forward(x),
             Linear::Dense(weights) => x.matmul(&weights.t()?),
         }
+    }
+
+    /// The product on host slices: `x` is `m` rows, `out` (`m × outputs`) is overwritten.
+    pub(super) fn forward_host(
+        &self,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
+        match self {
+            Linear::Q4_1(matrix) => matrix.matmul_t_into(x, m, out),
+            Linear::Q8_0(matrix) => matrix.matmul_t_into(x, m, out),
+            Linear::Quantized(_) | Linear::Dense(_) => {
+                let input = Tensor::from_slice(x, (m, x.len() / m.max(1)), &Device::Cpu)?;
+                let result = self.forward(&input)?.flatten_all()?.to_vec1::<f32>()?;
+                if result.len() != out.len() {
+                    candle_core::bail!(
+                        "linear layer: {} outputs for a buffer of {}",
+                        result.len(),
+                        out.len()
+                    );
+                }
+                out.copy_from_slice(&result);
+            }
+        }
+        Ok(())
     }
 }
 
 /// Several projections of the same input (Q, K, V; gate, up), fused into one matrix product when
 /// their weights have the same type, split again by output width.
 #[derive(Debug)]
-struct Projection {
-    parts: Vec<Linear>,
-    widths: Vec<usize>,
+pub(super) struct Projection {
+    pub(super) parts: Vec<Linear>,
+    pub(super) widths: Vec<usize>,
 }
 
 impl Projection {
@@ -235,36 +274,75 @@ impl Projection {
 }
 
 #[derive(Debug)]
-struct Layer {
-    attention_norm: Tensor,
-    qkv: Projection,
-    attention_output: Linear,
-    ffn_norm: Tensor,
-    gate_up: Projection,
-    down: Linear,
+pub(super) struct Layer {
+    pub(super) attention_norm: Tensor,
+    pub(super) qkv: Projection,
+    pub(super) attention_output: Linear,
+    pub(super) ffn_norm: Tensor,
+    pub(super) gate_up: Projection,
+    pub(super) down: Linear,
+    /// The norm weights as host slices (empty off the host path).
+    pub(super) host_norms: HostNorms,
+}
+
+/// A layer's norm weights as plain vectors, for the host path.
+#[derive(Debug, Default)]
+pub(super) struct HostNorms {
+    pub(super) attention: Vec<f32>,
+    pub(super) ffn: Vec<f32>,
+}
+
+/// The token embedding table.
+#[derive(Debug)]
+pub(super) enum Embeddings {
+    /// Dequantized f32 rows `(vocab, hidden)`.
+    Dense(Tensor),
+    /// Q8_0 rows, dequantized on lookup (host path; shared with a tied output projection).
+    Q8_0(Arc<Q8_0Matrix>),
 }
 
 /// A loaded Llama-architecture model.
 #[derive(Debug)]
 pub struct LlamaModel {
-    config: LlamaConfig,
+    pub(super) config: LlamaConfig,
     device: Device,
     mode: ForwardMode,
-    embeddings: Tensor,
-    layers: Vec<Layer>,
+    pub(super) embeddings: Embeddings,
+    pub(super) layers: Vec<Layer>,
     output_norm: Tensor,
-    output: Linear,
+    pub(super) output_norm_host: Vec<f32>,
+    pub(super) output: Linear,
     rope_cos: Tensor,
     rope_sin: Tensor,
+    /// `cos`/`sin` tables as `(context, head_dim / 2)` host slices (empty off the host path).
+    pub(super) rope_host: (Vec<f32>, Vec<f32>),
 }
 
 /// Per-sequence keys and values of every layer, `(capacity, kv_heads × head_dim)` each; the first
 /// [`KvCache::len`] rows are valid.
 #[derive(Debug)]
 pub struct KvCache {
-    layers: Vec<(Tensor, Tensor)>,
-    len: usize,
+    pub(super) layers: CacheLayers,
+    pub(super) len: usize,
     capacity: usize,
+}
+
+/// Where a cache keeps its rows: plain vectors on the host path, tensors on the candle path.
+#[derive(Debug)]
+pub(super) enum CacheLayers {
+    /// `(keys, values)` per layer, `capacity × kv_width` floats each.
+    Host(Vec<(Vec<f32>, Vec<f32>)>),
+    /// `(keys, values)` per layer, `(capacity, kv_width)` tensors.
+    Device(Vec<(Tensor, Tensor)>),
+}
+
+impl CacheLayers {
+    fn device(&self) -> &[(Tensor, Tensor)] {
+        match self {
+            CacheLayers::Device(layers) => layers,
+            CacheLayers::Host(_) => panic!("a host-path cache used by the candle path"),
+        }
+    }
 }
 
 /// Cache rows are allocated in steps of this many tokens.
@@ -287,10 +365,13 @@ impl KvCache {
 
     /// Bytes held by the cache.
     pub fn allocated_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|(k, v)| (k.elem_count() + v.elem_count()) * 4)
-            .sum()
+        match &self.layers {
+            CacheLayers::Host(layers) => layers.iter().map(|(k, v)| (k.len() + v.len()) * 4).sum(),
+            CacheLayers::Device(layers) => layers
+                .iter()
+                .map(|(k, v)| (k.elem_count() + v.elem_count()) * 4)
+                .sum(),
+        }
     }
 }
 
@@ -321,10 +402,22 @@ impl LlamaModel {
         mode: ForwardMode,
     ) -> Result<LlamaModel, LlamaError> {
         let config = LlamaConfig::from_gguf(file)?;
+        let host = uses_host_path(device, mode);
         let mut loader = TensorLoader::open(file, device, mode)?;
         let embedding_info = require_tensor(file, "token_embd.weight")?;
-        let embedding = loader.qtensor(embedding_info)?;
-        let embeddings = embedding.dequantize(device)?;
+        let (embeddings, tied_output) = if host && embedding_info.ggml_type == GgmlType::Q8_0 {
+            // One Q8_0 table serves as embedding and (tied) output: no f32 copy of it.
+            let matrix = Arc::new(loader.q8_0(embedding_info)?);
+            (Embeddings::Q8_0(matrix.clone()), Linear::Q8_0(matrix))
+        } else {
+            let embedding = loader.qtensor(embedding_info)?;
+            let dense = embedding.dequantize(device)?;
+            let tied = match mode {
+                ForwardMode::Differentiable => Linear::Dense(dense.clone()),
+                ForwardMode::Fast => Linear::Quantized(QMatMul::from_qtensor(embedding)?),
+            };
+            (Embeddings::Dense(dense), tied)
+        };
         let mut layers = Vec::with_capacity(config.block_count);
         for index in 0..config.block_count {
             layers.push(loader.layer(index)?);
@@ -332,10 +425,20 @@ impl LlamaModel {
         let output_norm = loader.dense("output_norm.weight")?;
         let output = match file.tensor("output.weight") {
             Some(info) => loader.linear(&[info])?,
-            None if mode == ForwardMode::Differentiable => Linear::Dense(embeddings.clone()),
-            None => Linear::Quantized(QMatMul::from_qtensor(embedding)?),
+            None => tied_output,
         };
         let (rope_cos, rope_sin) = rope_tables(&config, device)?;
+        let (output_norm_host, rope_host) = if host {
+            (
+                output_norm.to_vec1::<f32>()?,
+                (
+                    rope_cos.flatten_all()?.to_vec1::<f32>()?,
+                    rope_sin.flatten_all()?.to_vec1::<f32>()?,
+                ),
+            )
+        } else {
+            (Vec::new(), (Vec::new(), Vec::new()))
+        };
         tracing::info!(
             path = %file.path().display(),
             layers = config.block_count,
@@ -354,9 +457,11 @@ impl LlamaModel {
             embeddings,
             layers,
             output_norm,
+            output_norm_host,
             output,
             rope_cos,
             rope_sin,
+            rope_host,
         })
     }
 
@@ -370,11 +475,21 @@ impl LlamaModel {
 
     /// An empty cache for one sequence.
     pub fn new_cache(&self) -> KvCache {
+        let layers = if self.uses_host_path() {
+            CacheLayers::Host(Vec::new())
+        } else {
+            CacheLayers::Device(Vec::new())
+        };
         KvCache {
-            layers: Vec::new(),
+            layers,
             len: 0,
             capacity: 0,
         }
+    }
+
+    /// Whether this model runs on Kiln's host path ([`super::host`]): CPU, fast mode.
+    pub fn uses_host_path(&self) -> bool {
+        uses_host_path(&self.device, self.mode)
     }
 
     /// A new cache holding a copy of the first `len` tokens of `source` (for a prompt that shares
@@ -386,11 +501,22 @@ impl LlamaModel {
             return Ok(cache);
         }
         self.reserve(&mut cache, len)?;
-        for ((keys, values), (source_keys, source_values)) in
-            cache.layers.iter().zip(&source.layers)
-        {
-            keys.slice_set(&source_keys.narrow(0, 0, len)?, 0, 0)?;
-            values.slice_set(&source_values.narrow(0, 0, len)?, 0, 0)?;
+        match (&mut cache.layers, &source.layers) {
+            (CacheLayers::Host(layers), CacheLayers::Host(sources)) => {
+                let floats = len * self.config.kv_width();
+                for ((keys, values), (source_keys, source_values)) in layers.iter_mut().zip(sources)
+                {
+                    keys[..floats].copy_from_slice(&source_keys[..floats]);
+                    values[..floats].copy_from_slice(&source_values[..floats]);
+                }
+            }
+            (CacheLayers::Device(layers), CacheLayers::Device(sources)) => {
+                for ((keys, values), (source_keys, source_values)) in layers.iter().zip(sources) {
+                    keys.slice_set(&source_keys.narrow(0, 0, len)?, 0, 0)?;
+                    values.slice_set(&source_values.narrow(0, 0, len)?, 0, 0)?;
+                }
+            }
+            _ => panic!("copy_prefix: a cache from a model on another path"),
         }
         cache.len = len;
         Ok(cache)
@@ -408,12 +534,18 @@ impl LlamaModel {
         if total == 0 {
             return Ok(inputs.iter().map(|_| Vec::new()).collect());
         }
+        if self.uses_host_path() {
+            return super::host::forward(self, inputs, &spans);
+        }
+        let Embeddings::Dense(embeddings) = &self.embeddings else {
+            unreachable!("Q8_0 embeddings are only kept on the host path");
+        };
         let ids: Vec<u32> = inputs
             .iter()
             .flat_map(|input| input.tokens.iter().copied())
             .collect();
         let ids = Tensor::from_vec(ids, total, &self.device)?;
-        let mut hidden = self.embeddings.index_select(&ids, 0)?;
+        let mut hidden = embeddings.index_select(&ids, 0)?;
         let positions: Vec<u32> = spans
             .iter()
             .flat_map(|span| (span.past..span.past + span.len).map(|p| p as u32))
@@ -482,18 +614,40 @@ impl LlamaModel {
             .max(cache.capacity * 2)
             .min(self.config.context_length.max(tokens));
         let width = self.config.kv_width();
-        let mut layers = Vec::with_capacity(self.config.block_count);
-        for layer in 0..self.config.block_count {
-            let keys = Tensor::zeros((capacity, width), DType::F32, &self.device)?;
-            let values = Tensor::zeros((capacity, width), DType::F32, &self.device)?;
-            if cache.len > 0 {
-                let (old_keys, old_values) = &cache.layers[layer];
-                keys.slice_set(&old_keys.narrow(0, 0, cache.len)?, 0, 0)?;
-                values.slice_set(&old_values.narrow(0, 0, cache.len)?, 0, 0)?;
+        let blocks = self.config.block_count;
+        match &mut cache.layers {
+            CacheLayers::Host(layers) => {
+                let valid = cache.len * width;
+                let grown = (0..blocks)
+                    .map(|layer| {
+                        // `vec!` of zeros comes from calloc: untouched rows cost no page faults.
+                        let mut keys = vec![0f32; capacity * width];
+                        let mut values = vec![0f32; capacity * width];
+                        if let Some((old_keys, old_values)) = layers.get(layer) {
+                            keys[..valid].copy_from_slice(&old_keys[..valid]);
+                            values[..valid].copy_from_slice(&old_values[..valid]);
+                        }
+                        (keys, values)
+                    })
+                    .collect();
+                *layers = grown;
             }
-            layers.push((keys, values));
+            CacheLayers::Device(layers) => {
+                let mut grown = Vec::with_capacity(blocks);
+                for layer in 0..blocks {
+                    let keys = Tensor::zeros((capacity, width), DType::F32, &self.device)?;
+                    let values = Tensor::zeros((capacity, width), DType::F32, &self.device)?;
+                    if let Some((old_keys, old_values)) = layers.get(layer)
+                        && cache.len > 0
+                    {
+                        keys.slice_set(&old_keys.narrow(0, 0, cache.len)?, 0, 0)?;
+                        values.slice_set(&old_values.narrow(0, 0, cache.len)?, 0, 0)?;
+                    }
+                    grown.push((keys, values));
+                }
+                *layers = grown;
+            }
         }
-        cache.layers = layers;
         cache.capacity = capacity;
         Ok(())
     }
@@ -501,9 +655,6 @@ impl LlamaModel {
     /// Additive causal masks `(new, past + new)` for sequences with more than one new token, for
     /// the candle-ops attention.
     fn causal_masks(&self, spans: &[Span]) -> Result<Vec<Option<Tensor>>, LlamaError> {
-        if self.uses_cpu_attention() {
-            return Ok(spans.iter().map(|_| None).collect());
-        }
         spans
             .iter()
             .map(|span| {
@@ -531,10 +682,6 @@ impl LlamaModel {
             .collect()
     }
 
-    fn uses_cpu_attention(&self) -> bool {
-        self.device.is_cpu() && self.mode == ForwardMode::Fast
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn layer_forward(
         &self,
@@ -548,7 +695,6 @@ impl LlamaModel {
         masks: &[Option<Tensor>],
     ) -> Result<Tensor, LlamaError> {
         let config = &self.config;
-        let total = hidden.dim(0)?;
         let normed = self.rms_norm(hidden, &layer.attention_norm)?;
         let [queries, keys, values] =
             <[Tensor; 3]>::try_from(layer.qkv.forward(&normed)?).expect("three projections");
@@ -556,15 +702,12 @@ impl LlamaModel {
         let keys = self.rope(&keys, config.head_count_kv, cos, sin)?;
         let values = values.contiguous()?;
         for (input, span) in inputs.iter().zip(spans) {
-            let (cache_keys, cache_values) = &input.cache.layers[index];
+            let (cache_keys, cache_values) = &input.cache.layers.device()[index];
             cache_keys.slice_set(&keys.narrow(0, span.start, span.len)?, 0, span.past)?;
             cache_values.slice_set(&values.narrow(0, span.start, span.len)?, 0, span.past)?;
         }
-        let attended = if self.uses_cpu_attention() {
-            self.cpu_attention(&queries, index, inputs, spans, total)?
-        } else {
-            self.candle_attention(&queries, &keys, &values, index, inputs, spans, masks)?
-        };
+        let attended =
+            self.candle_attention(&queries, &keys, &values, index, inputs, spans, masks)?;
         let hidden = (hidden + layer.attention_output.forward(&attended)?)?;
         let normed = self.rms_norm(&hidden, &layer.ffn_norm)?;
         let [gate, up] =
@@ -599,54 +742,6 @@ impl LlamaModel {
             ForwardMode::Differentiable => rope_interleaved_slow(&x, cos, sin)?,
         };
         rotated.reshape((total, heads * head_dim))
-    }
-
-    fn cpu_attention(
-        &self,
-        queries: &Tensor,
-        index: usize,
-        inputs: &[SequenceInput<'_>],
-        spans: &[Span],
-        total: usize,
-    ) -> Result<Tensor, LlamaError> {
-        let config = &self.config;
-        let width = config.head_count * config.head_dim;
-        let kv_width = config.kv_width();
-        let (query_storage, query_layout) = queries.storage_and_layout();
-        let query_data = cpu_f32(&query_storage, query_layout)?;
-        let guards: Vec<_> = inputs
-            .iter()
-            .map(|input| {
-                let (keys, values) = &input.cache.layers[index];
-                (keys.storage_and_layout(), values.storage_and_layout())
-            })
-            .collect();
-        let mut views = Vec::with_capacity(inputs.len());
-        for (((key_storage, key_layout), (value_storage, value_layout)), span) in
-            guards.iter().zip(spans)
-        {
-            let visible = (span.past + span.len) * kv_width;
-            views.push(SequenceView {
-                queries: &query_data[span.start * width..(span.start + span.len) * width],
-                keys: &cpu_f32(key_storage, key_layout)?[..visible],
-                values: &cpu_f32(value_storage, value_layout)?[..visible],
-                past: span.past,
-                new_tokens: span.len,
-            });
-        }
-        let mut out = vec![0f32; total * width];
-        causal_attention(
-            &views,
-            Heads {
-                heads: config.head_count,
-                kv_heads: config.head_count_kv,
-                head_dim: config.head_dim,
-            },
-            &mut out,
-        );
-        drop(views);
-        drop(guards);
-        Ok(Tensor::from_vec(out, (total, width), &self.device)?)
     }
 
     /// Attention from candle ops, per sequence; works on every device and carries gradients.
@@ -684,7 +779,7 @@ impl LlamaModel {
                     values.narrow(0, span.start, n)?,
                 )
             } else {
-                let (cache_keys, cache_values) = &input.cache.layers[index];
+                let (cache_keys, cache_values) = &input.cache.layers.device()[index];
                 (
                     cache_keys.narrow(0, 0, visible)?,
                     cache_values.narrow(0, 0, visible)?,
@@ -758,27 +853,18 @@ impl LlamaModel {
 
 /// Where a sequence's new tokens sit in the batch and in its cache.
 #[derive(Debug, Clone, Copy)]
-struct Span {
+pub(super) struct Span {
     /// First row of the batch.
-    start: usize,
+    pub(super) start: usize,
     /// Tokens already cached.
-    past: usize,
+    pub(super) past: usize,
     /// New tokens.
-    len: usize,
+    pub(super) len: usize,
 }
 
-/// A CPU tensor's f32 data, from its storage guard.
-fn cpu_f32<'a>(
-    storage: &'a candle_core::Storage,
-    layout: &candle_core::Layout,
-) -> Result<&'a [f32], LlamaError> {
-    let candle_core::Storage::Cpu(cpu) = storage else {
-        return Err(candle_core::Error::Msg("cpu attention on a non-cpu tensor".into()).into());
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        return Err(candle_core::Error::Msg("cpu attention on a strided tensor".into()).into());
-    };
-    Ok(&cpu.as_slice::<f32>()?[start..end])
+/// Whether a model on `device` in `mode` runs on Kiln's host path ([`super::host`]).
+fn uses_host_path(device: &Device, mode: ForwardMode) -> bool {
+    device.is_cpu() && mode == ForwardMode::Fast
 }
 
 /// `cos`/`sin` of `position · base^(-2i/head_dim)`, `(context, head_dim / 2)` each.
@@ -953,15 +1039,22 @@ impl<'f> TensorLoader<'f> {
         }
         let cols = cols.expect("at least one tensor");
         let dtype = self.dtype(infos[0])?;
-        let fits_cpu_kernel = self.device.is_cpu() && dtype == GgmlDType::Q4_1;
-        if self.mode == ForwardMode::Fast && fits_cpu_kernel {
-            let matrix = Q4_1Matrix::from_bytes(rows, cols, &bytes).map_err(|detail| {
-                LlamaError::ModelFile {
-                    path: self.path(),
-                    detail: format!("tensor `{}`: {detail}", infos[0].name),
+        let bad_size = |detail: String| LlamaError::ModelFile {
+            path: self.path(),
+            detail: format!("tensor `{}`: {detail}", infos[0].name),
+        };
+        if uses_host_path(&self.device, self.mode) {
+            match dtype {
+                GgmlDType::Q4_1 => {
+                    let matrix = Q4_1Matrix::from_bytes(rows, cols, &bytes).map_err(bad_size)?;
+                    return Ok(Linear::Q4_1(matrix));
                 }
-            })?;
-            return Ok(Linear::Q4_1(matrix));
+                GgmlDType::Q8_0 => {
+                    let matrix = Q8_0Matrix::from_bytes(rows, cols, &bytes).map_err(bad_size)?;
+                    return Ok(Linear::Q8_0(Arc::new(matrix)));
+                }
+                _ => {}
+            }
         }
         let storage = QStorage::from_data(Cow::Owned(bytes), &self.device, dtype)?;
         let qtensor = QTensor::new(storage, (rows, cols))?;
@@ -969,6 +1062,16 @@ impl<'f> TensorLoader<'f> {
             ForwardMode::Fast => Ok(Linear::Quantized(QMatMul::from_qtensor(qtensor)?)),
             ForwardMode::Differentiable => Ok(Linear::Dense(qtensor.dequantize(&self.device)?)),
         }
+    }
+
+    /// A Q8_0 matrix for Kiln's kernel.
+    fn q8_0(&mut self, info: &TensorInfo) -> Result<Q8_0Matrix, LlamaError> {
+        let (rows, cols) = self.matrix_shape(info)?;
+        let bytes = self.bytes(info)?;
+        Q8_0Matrix::from_bytes(rows, cols, &bytes).map_err(|detail| LlamaError::ModelFile {
+            path: self.path(),
+            detail: format!("tensor `{}`: {detail}", info.name),
+        })
     }
 
     /// Projections of one input, fused when their types agree.
@@ -997,19 +1100,30 @@ impl<'f> TensorLoader<'f> {
 
     fn layer(&mut self, index: usize) -> Result<Layer, LlamaError> {
         let name = |suffix: &str| format!("blk.{index}.{suffix}.weight");
+        let attention_norm = self.dense(&name("attn_norm"))?;
+        let ffn_norm = self.dense(&name("ffn_norm"))?;
+        let host_norms = if uses_host_path(&self.device, self.mode) {
+            HostNorms {
+                attention: attention_norm.to_vec1::<f32>()?,
+                ffn: ffn_norm.to_vec1::<f32>()?,
+            }
+        } else {
+            HostNorms::default()
+        };
         Ok(Layer {
-            attention_norm: self.dense(&name("attn_norm"))?,
+            attention_norm,
             qkv: self.projection(&[name("attn_q"), name("attn_k"), name("attn_v")])?,
             attention_output: {
                 let info = self.info(&name("attn_output"))?;
                 self.linear(&[info])?
             },
-            ffn_norm: self.dense(&name("ffn_norm"))?,
+            ffn_norm,
             gate_up: self.projection(&[name("ffn_gate"), name("ffn_up")])?,
             down: {
                 let info = self.info(&name("ffn_down"))?;
                 self.linear(&[info])?
             },
+            host_norms,
         })
     }
 }

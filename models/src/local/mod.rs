@@ -5,7 +5,9 @@
 //! - [`tokenizer`]: byte-level BPE from the GGUF vocabulary, token-for-token equal to llama.cpp.
 //! - [`chat_template`]: the model's own Jinja chat template, rendered over Kiln messages.
 //! - [`llama`]: the Llama-architecture forward pass over batches of sequences with KV caches.
-//! - [`q4_1`], [`attention`]: Kiln's CPU kernels for Q4_1 matrix products and batched attention.
+//! - [`host`]: the same forward pass on CPU on plain slices (the fast CPU path), with
+//!   [`q4_1`], [`q8_0`], [`attention`]: Kiln's CPU kernels for Q4_1 and Q8_0 matrix products and
+//!   batched attention.
 //! - [`sampling`]: greedy/seeded top-p sampling, log-probabilities, stop sequences.
 //! - [`engine`]: one thread owning the model; continuous batching and prefix reuse.
 //! - [`chat`]: [`LocalChat`], the `ChatModel` over all of the above.
@@ -20,9 +22,12 @@ pub mod chat_template;
 pub mod device;
 pub mod engine;
 pub mod gguf;
+mod host;
 pub mod llama;
 pub mod pre_tokenizer;
 pub mod q4_1;
+pub mod q8_0;
+mod rowwise;
 pub mod sampling;
 pub mod tokenizer;
 

@@ -7,10 +7,8 @@
 //! in ggml), and each weight block contributes `dₓ·d_y·Σ(q₄·q₈) + mₓ·s_y`. The dot product uses AVX2
 //! and FMA when the CPU has them (checked at run time) and a portable loop otherwise.
 //!
-//! Rows are split across candle's CPU thread pool ([`candle_core::utils::barrier_pool`]), the same
-//! threads candle's own quantized matmul uses, so the two never compete for the cores. Each
-//! weight row is read once per call and dotted with every activation row while it is in L1, which
-//! is what makes batched decoding cheaper per token than single-sequence decoding.
+//! Rows are split across candle's CPU thread pool by [`super::rowwise::matmul_rows`]: each weight
+//! row is read once per call and dotted with every activation row while it is in L1.
 //!
 //! The product runs as a candle [`CustomOp1`] without a backward pass: it is for inference. The
 //! differentiable path dequantizes the same weights ([`Q4_1Matrix::dequantize`]) and uses a
@@ -18,6 +16,8 @@
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use half::f16;
+
+use super::rowwise::{Dots, SharedOut, matmul_rows};
 
 /// Elements per Q4_1 (and Q8_1) block.
 pub const BLOCK_LEN: usize = 32;
@@ -122,51 +122,41 @@ impl Q4_1Matrix {
 
     /// `x · Wᵀ` for `x` of `m × cols` (row-major): returns `m × rows`. Runs on candle's CPU pool.
     pub fn matmul_t(&self, x: &[f32], m: usize) -> Vec<f32> {
-        assert_eq!(x.len(), m * self.cols, "activation size mismatch");
-        let per_row = self.blocks_per_row();
-        let quantized = quantize_rows_q8_1(x, m, self.cols);
-        let n = self.rows;
-        let mut out = vec![0f32; m * n];
-        let out_ptr = SharedOut(out.as_mut_ptr());
-        let kernel = Kernel::detect();
-        let pool = candle_core::utils::barrier_pool();
-        pool.execute_chunked(n, |range| {
-            let out_ptr = &out_ptr;
-            let activation_row = |row: usize| &quantized[row * per_row..(row + 1) * per_row];
-            for col in range {
-                let weights = self.row(col);
-                // SAFETY (writes below): each (row, col) is written by exactly one work item, and
-                // `out` outlives the pool call.
-                let mut row = 0;
-                while row + 4 <= m {
-                    let values = kernel.dot4(
-                        weights,
-                        [
-                            activation_row(row),
-                            activation_row(row + 1),
-                            activation_row(row + 2),
-                            activation_row(row + 3),
-                        ],
-                    );
-                    for (offset, value) in values.into_iter().enumerate() {
-                        unsafe { *out_ptr.0.add((row + offset) * n + col) = value };
-                    }
-                    row += 4;
-                }
-                for row in row..m {
-                    let value = kernel.dot(weights, activation_row(row));
-                    unsafe { *out_ptr.0.add(row * n + col) = value };
-                }
-            }
-        });
+        let mut out = vec![0f32; m * self.rows];
+        self.matmul_t_into(x, m, &mut out);
         out
     }
-}
 
-/// The output pointer shared by the pool's workers, which write disjoint elements.
-struct SharedOut(*mut f32);
-unsafe impl Sync for SharedOut {}
-unsafe impl Send for SharedOut {}
+    /// [`Q4_1Matrix::matmul_t`] into `out` (`m × rows`, overwritten).
+    pub fn matmul_t_into(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        assert_eq!(x.len(), m * self.cols, "activation size mismatch");
+        assert_eq!(out.len(), m * self.rows, "output size mismatch");
+        let per_row = self.blocks_per_row();
+        let quantized = quantize_rows_q8_1(x, m, self.cols);
+        let activation_row = |row: usize| &quantized[row * per_row..(row + 1) * per_row];
+        let kernel = Kernel::detect();
+        let row = |col: usize| self.row(col);
+        matmul_rows(
+            self.rows,
+            m,
+            SharedOut::new(out),
+            Dots {
+                single: |col, r| kernel.dot(row(col), activation_row(r)),
+                four_rows: |col, r| {
+                    kernel.dot4(
+                        row(col),
+                        [
+                            activation_row(r),
+                            activation_row(r + 1),
+                            activation_row(r + 2),
+                            activation_row(r + 3),
+                        ],
+                    )
+                },
+            },
+        );
+    }
+}
 
 /// The dot-product implementation this CPU supports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -348,7 +338,7 @@ fn quantize_rows_q8_1(x: &[f32], m: usize, cols: usize) -> Vec<BlockQ8_1> {
 /// `|x| <= 2²²`: adding and subtracting 1.5·2²³ leaves no fraction bits. Unlike
 /// `f32::round_ties_even` it compiles to two additions rather than a libm call.
 #[inline]
-fn round_ties_even(x: f32) -> f32 {
+pub(super) fn round_ties_even(x: f32) -> f32 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2²³
     (x + MAGIC) - MAGIC
 }
