@@ -108,7 +108,16 @@ mod tests {
 
         let listed = factories(&ctx);
         let ids: Vec<&str> = listed.iter().map(|factory| factory.id()).collect();
-        assert_eq!(ids, ["tau2-retail", "tau2-airline", "alfworld", "webshop", "debug-faults"]);
+        assert_eq!(
+            ids,
+            [
+                "tau2-retail",
+                "tau2-airline",
+                "alfworld",
+                "webshop",
+                "debug-faults"
+            ]
+        );
         assert!(listed[0].splits().is_empty());
         assert_eq!(
             listed[0].task_ids("test").unwrap_err().kind(),

@@ -536,6 +536,12 @@ fn catalog_lists_splits_and_shares_one_db_per_domain() {
             .iter()
             .map(|factory| factory.id())
             .collect::<Vec<_>>(),
-        ["tau2-retail", "tau2-airline", "alfworld", "webshop", "debug-faults"]
+        [
+            "tau2-retail",
+            "tau2-airline",
+            "alfworld",
+            "webshop",
+            "debug-faults"
+        ]
     );
 }

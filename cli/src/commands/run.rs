@@ -28,8 +28,8 @@ use kiln_worker::{
 use serde_json::{Value, json};
 
 use crate::args::{RunArgs, SandboxArgs};
-use crate::commands::sandbox::{sandboxed_resolver, shut_down};
 use crate::commands::cluster::connect;
+use crate::commands::sandbox::{sandboxed_resolver, shut_down};
 use crate::input_error;
 use crate::progress::BarProgress;
 use crate::selection::TaskSelection;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use kiln_environments::EnvContext;
 use kiln_worker::EnvResolver;
-use kiln_worker::sandbox::{DockerProvider, DockerSandboxConfig, ProcessProvider, SandboxEnvResolver};
+use kiln_worker::sandbox::{
+    DockerProvider, DockerSandboxConfig, ProcessProvider, SandboxEnvResolver,
+};
 
 use crate::args::{SandboxArgs, SandboxKind};
 use crate::input_error;
@@ -38,7 +40,11 @@ pub async fn sandboxed_resolver(
             // Containers a crashed earlier process with this worker id left behind.
             let reaped = provider.reap_own().await?;
             if reaped > 0 {
-                tracing::warn!(worker = worker_id, reaped, "removed orphaned sandbox containers");
+                tracing::warn!(
+                    worker = worker_id,
+                    reaped,
+                    "removed orphaned sandbox containers"
+                );
             }
             let resolver = SandboxEnvResolver::new(provider.clone(), context);
             Ok(Some((Arc::new(resolver), Some(provider))))

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use kiln_environments::{EnvContext, default_data_dir};
 use kiln_worker::{
-    BackendModelResolver, CatalogEnvResolver, EnvResolver, HarnessEpisodeRunner, Transport, WorkerAbandon,
-    WorkerConfig, WorkerDeps, WorkerStats, run_worker_abandonable,
+    BackendModelResolver, CatalogEnvResolver, EnvResolver, HarnessEpisodeRunner, Transport,
+    WorkerAbandon, WorkerConfig, WorkerDeps, WorkerStats, run_worker_abandonable,
 };
 
 use crate::args::WorkerArgs;
