@@ -51,11 +51,11 @@ fn the_embedded_model_runs_alfworld_and_webshop_end_to_end() {
         model.display()
     );
     let work = tempfile::tempdir().unwrap();
-    // The default small-model harness with 6 steps instead of 50, to keep a debug-build test short.
+    // The default small-model harness with 3 steps instead of 50, to keep a debug-build test short.
     let builtin = include_str!("../../harnesses/small-model.toml");
     assert!(builtin.contains("max_steps = 50"));
-    let harness = work.path().join("small-model-6.toml");
-    std::fs::write(&harness, builtin.replace("max_steps = 50", "max_steps = 6")).unwrap();
+    let harness = work.path().join("small-model-3.toml");
+    std::fs::write(&harness, builtin.replace("max_steps = 50", "max_steps = 3")).unwrap();
     let harness = harness.to_str().unwrap();
     for env in ["alfworld", "webshop"] {
         let out = format!("{env}-smol");

@@ -51,6 +51,9 @@ pub struct CompactPromptConfig {
     /// Appended to the last head message when turns were dropped; `{count}` is how many. Empty:
     /// no marker.
     pub omitted_marker: String,
+    /// Caps the tokens one reply may generate (0: the model spec's limit). A compact step is one
+    /// short action; a small model that does not stop would otherwise run to the spec's limit.
+    pub max_completion_tokens: u32,
 }
 
 impl Default for CompactPromptConfig {
@@ -65,6 +68,7 @@ impl Default for CompactPromptConfig {
             max_chars: 8000,
             min_turns: 1,
             omitted_marker: "[{count} earlier turns omitted]".to_string(),
+            max_completion_tokens: 0,
         }
     }
 }
@@ -390,6 +394,10 @@ impl Processor for CompactPrompt {
         &mut self,
         event: &mut BeforeModelEvent<'_>,
     ) -> Result<(), ProcessorError> {
+        let cap = self.config.max_completion_tokens;
+        if cap > 0 && event.sampling().max_tokens > cap {
+            event.sampling_mut().max_tokens = cap;
+        }
         let (compacted, report) = compact(event.messages(), &self.config);
         if !report.changed() {
             return Ok(());
