@@ -151,3 +151,44 @@ fn crashes_memory_kills_and_time_limits_in_containers_are_recorded_errors() {
         "containers left"
     );
 }
+
+#[test]
+fn alfworld_and_webshop_run_in_containers() {
+    require_image();
+    let work = tempfile::tempdir().unwrap();
+    for env in ["alfworld", "webshop"] {
+        let out = format!("{env}-docker");
+        let output = kiln(
+            work.path(),
+            &[
+                "run",
+                "--env",
+                env,
+                "--tasks",
+                "4",
+                "--model",
+                "oracle",
+                "--sandbox",
+                "docker",
+                "--warm-pool",
+                "2",
+                "--workers",
+                "2",
+                "--out",
+                &out,
+            ],
+        );
+        assert_success(&output);
+        let dir = work.path().join(&out);
+        let outcomes = outcome_lines(&dir);
+        assert_eq!(unique_keys(&outcomes).len(), 4, "{env}");
+        assert!(
+            outcomes.iter().all(|outcome| outcome.success),
+            "{env}: {outcomes:?}"
+        );
+        assert!(
+            containers_of_run(&run_id(&dir)).is_empty(),
+            "{env}: containers left"
+        );
+    }
+}
