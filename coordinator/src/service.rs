@@ -71,6 +71,7 @@ impl CoordinatorService {
                 _ = &mut shutdown => break,
                 Some(revisioned) = records.next() => {
                     let run_id = revisioned.record.config.run_id.clone();
+                    tracing::info!(%run_id, state = ?revisioned.record.state, revision = revisioned.revision, "run record");
                     if !revisioned.record.state.is_active() || active.contains_key(&run_id) {
                         continue;
                     }
@@ -144,7 +145,10 @@ impl CoordinatorService {
         record.coordinator = Some(self.id.clone());
         match self.registry.update(&record, revisioned.revision).await {
             Ok(Some(revision)) => Some((record, revision)),
-            Ok(None) => None,
+            Ok(None) => {
+                tracing::info!(run_id = %record.config.run_id, "run record changed before it could be taken");
+                None
+            }
             Err(error) => {
                 tracing::error!(run_id = %record.config.run_id, %error, "cannot take the run");
                 None

@@ -45,7 +45,10 @@ pub async fn worker(args: WorkerArgs) -> anyhow::Result<ExitCode> {
         runner: Arc::new(HarnessEpisodeRunner::new()),
     };
     let abandon = WorkerAbandon::new();
-    let config = WorkerConfig::new(id.clone(), args.slots);
+    let mut config = WorkerConfig::new(id.clone(), args.slots);
+    // Several heartbeats per lease, so a long episode never loses its task to a short lease.
+    config.heartbeat_interval =
+        Duration::from_secs_f64((args.nats.lease_s.max(1) as f64 / 3.0).min(10.0));
     let mut running = tokio::spawn(run_worker_abandonable(config, deps, abandon.clone()));
     eprintln!(
         "kiln worker {id}: {} slots, tasks from {}",
