@@ -90,7 +90,7 @@ mod tests {
         assert!(
             error
                 .to_string()
-                .contains("tau2-retail, tau2-airline, webshop"),
+                .contains("tau2-retail, tau2-airline, alfworld, webshop, debug-faults"),
             "{error}"
         );
     }
