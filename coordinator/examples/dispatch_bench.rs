@@ -231,8 +231,7 @@ async fn raw_tasks_per_second(url: &str, options: &Options) -> f64 {
         })
         .await
         .unwrap();
-    let consumer: pull::Stream = js
-        .get_stream("RAW_TASKS")
+    js.get_stream("RAW_TASKS")
         .await
         .unwrap()
         .create_consumer(pull::Config {
@@ -241,11 +240,7 @@ async fn raw_tasks_per_second(url: &str, options: &Options) -> f64 {
             ..Default::default()
         })
         .await
-        .unwrap()
-        .messages()
-        .await
         .unwrap();
-    drop(consumer);
     // The same payloads Kiln sends: a task spec and a no-op result.
     let task = TaskSpec {
         schema: kiln_protocol::SCHEMA_VERSION,

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy, StorageType};
+use async_nats::jetstream::stream::{Config as StreamConfig, RetentionPolicy};
 use futures::StreamExt;
 use kiln_protocol::names::{ADVISORIES_STREAM, TASKS_STREAM};
 use kiln_protocol::{TaskSpec, Termination};
@@ -58,11 +58,7 @@ impl NatsTransport {
             description: Some("kiln: max-deliveries advisories of KILN_TASKS".to_string()),
             subjects: vec![subject],
             retention: RetentionPolicy::WorkQueue,
-            storage: if self.inner.options.file_storage {
-                StorageType::File
-            } else {
-                StorageType::Memory
-            },
+            storage: super::storage(&self.inner.options),
             ..Default::default()
         };
         self.inner
