@@ -127,6 +127,14 @@ impl HttpClient {
         &self.base
     }
 
+    /// The error for an answer that is valid JSON but not what `route` should return.
+    pub fn protocol_error(&self, route: &str, message: &str) -> EnvError {
+        crashed(format!(
+            "AgentGym server {}{route} broke the protocol: {message}",
+            self.base
+        ))
+    }
+
     /// `POST {base}{route}` with a JSON body (or none), returning the JSON answer.
     pub async fn post(&self, route: &str, body: Option<&Value>) -> Result<Value, EnvError> {
         self.send(route, || {

@@ -8,11 +8,8 @@
 //! "clickables"}`. The id field is `env_idx`. The server never frees environments (it has no
 //! `/close`), so one instance creates one server environment and reuses it across resets.
 //!
-//! Like AgentGym's reference client, requests time out after [`REQUEST_TIMEOUT`] and HTTP 503 is
-//! retried up to [`MAX_RETRIES`] times. A body `{"error": "..."}` is a server-side failure.
-//!
-//! The small HTTP helpers at the bottom are local to this file so that it does not depend on the
-//! ALFWorld client's shared module; they can move to `agentgym/mod.rs` when both land.
+//! HTTP goes through the shared [`HttpClient`]: the reference client's timeout and 503 retries,
+//! and `{"error": "..."}` bodies as server-side failures.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,13 +21,10 @@ use kiln_protocol::{
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::HttpClient;
 use crate::webshop::WebShopOptions;
 use crate::{EnvError, EnvErrorKind, Environment, EnvironmentFactory, Evaluation, SplitInfo};
 
-/// AgentGym's reference client timeout.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
-/// Retries of a request answered with HTTP 503.
-pub const MAX_RETRIES: u32 = 5;
 /// Goals of WebShop's human-instruction set (12,087): the `train` split runs from 1500 to the end.
 pub const HUMAN_GOALS: usize = 12_087;
 
@@ -70,8 +64,7 @@ struct StepReply {
 /// Creates [`AgentGymWebShop`] clients of one server.
 pub struct AgentGymWebShopFactory {
     id: String,
-    base_url: String,
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl AgentGymWebShopFactory {
@@ -90,29 +83,22 @@ impl AgentGymWebShopFactory {
                 ),
             ));
         }
-        let client = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .map_err(|error| {
-                EnvError::new(
-                    EnvErrorKind::Crashed,
-                    format!("cannot build an HTTP client: {error}"),
-                )
-            })?;
         Ok(Self {
             id: format!("agentgym:webshop@{base_url}"),
-            base_url,
-            client,
+            client: HttpClient::new(&base_url)?,
         })
+    }
+
+    /// Sets the pause between 503 retries (tests shorten it).
+    pub fn with_retry_delay(mut self, delay: Duration) -> Self {
+        self.client = self.client.with_retry_delay(delay);
+        self
     }
 
     /// A fresh client, typed. `options` are those of Kiln's own WebShop (`max_steps`).
     pub fn create_client(&self, options: &Value) -> Result<AgentGymWebShop, EnvError> {
         Ok(AgentGymWebShop {
-            http: Http {
-                base_url: self.base_url.clone(),
-                client: self.client.clone(),
-            },
+            http: self.client.clone(),
             options: WebShopOptions::from_value(options)?,
             env_idx: None,
             episode: None,
@@ -168,7 +154,7 @@ fn split_ranges() -> [(&'static str, std::ops::Range<usize>); 3] {
 
 /// One AgentGym WebShop environment on the server, reset per task.
 pub struct AgentGymWebShop {
-    http: Http,
+    http: HttpClient,
     options: WebShopOptions,
     env_idx: Option<i64>,
     episode: Option<Episode>,
@@ -203,7 +189,7 @@ impl AgentGymWebShop {
     async fn available(&self, id: i64) -> Result<AvailableActions, EnvError> {
         let reply = self
             .http
-            .get(&format!("/available_actions?env_idx={id}"))
+            .get("/available_actions", &[("env_idx", id.to_string())])
             .await?;
         serde_json::from_value(reply.clone()).map_err(|error| {
             self.http.protocol_error(
@@ -248,9 +234,12 @@ impl Environment for AgentGymWebShop {
         let id = self.ensure_created().await?;
         // The reply's first element is stale: the observation is read afterwards.
         self.http
-            .post("/reset", Some(json!({"env_idx": id, "session_id": goal})))
+            .post("/reset", Some(&json!({"env_idx": id, "session_id": goal})))
             .await?;
-        let observation = self.http.get(&format!("/observation?env_idx={id}")).await?;
+        let observation = self
+            .http
+            .get("/observation", &[("env_idx", id.to_string())])
+            .await?;
         let observation = observation.as_str().map(String::from).ok_or_else(|| {
             self.http.protocol_error(
                 "/observation",
@@ -293,7 +282,7 @@ impl Environment for AgentGymWebShop {
         }
         let reply = self
             .http
-            .post("/step", Some(json!({"env_idx": id, "action": text})))
+            .post("/step", Some(&json!({"env_idx": id, "action": text})))
             .await?;
         let reply: StepReply = serde_json::from_value(reply.clone()).map_err(|error| {
             self.http.protocol_error(
@@ -360,7 +349,7 @@ impl Environment for AgentGymWebShop {
             success_judged_only: success,
             db_hash: None,
             info: json!({
-                "server": self.http.base_url,
+                "server": self.http.base(),
                 "goal": episode.goal,
                 "steps": episode.steps,
             }),
@@ -369,82 +358,5 @@ impl Environment for AgentGymWebShop {
 
     fn oracle_plan(&self) -> Option<Vec<Action>> {
         None
-    }
-}
-
-/// JSON over HTTP with AgentGym's retry rule.
-struct Http {
-    base_url: String,
-    client: reqwest::Client,
-}
-
-impl Http {
-    async fn get(&self, path: &str) -> Result<Value, EnvError> {
-        self.send(path, || self.client.get(format!("{}{path}", self.base_url)))
-            .await
-    }
-
-    async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, EnvError> {
-        self.send(path, || {
-            let request = self.client.post(format!("{}{path}", self.base_url));
-            match &body {
-                Some(body) => request.json(body),
-                None => request,
-            }
-        })
-        .await
-    }
-
-    /// Sends, retrying HTTP 503 up to [`MAX_RETRIES`] times with a short growing pause.
-    async fn send(
-        &self,
-        path: &str,
-        build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<Value, EnvError> {
-        let mut attempt = 0;
-        loop {
-            let response = build()
-                .send()
-                .await
-                .map_err(|error| self.transport_error(path, &error.to_string()))?;
-            let status = response.status();
-            if status == reqwest::StatusCode::SERVICE_UNAVAILABLE && attempt < MAX_RETRIES {
-                attempt += 1;
-                tracing::debug!(path, attempt, "agentgym server busy (503), retrying");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
-                continue;
-            }
-            let text = response
-                .text()
-                .await
-                .map_err(|error| self.transport_error(path, &error.to_string()))?;
-            if !status.is_success() {
-                return Err(self.transport_error(path, &format!("HTTP {status}: {text}")));
-            }
-            let value: Value = serde_json::from_str(&text).map_err(|error| {
-                self.protocol_error(path, &format!("reply is not JSON ({error}): {text}"))
-            })?;
-            if let Some(message) = value.get("error").and_then(Value::as_str) {
-                return Err(self.transport_error(path, &format!("server error: {message}")));
-            }
-            return Ok(value);
-        }
-    }
-
-    fn transport_error(&self, path: &str, message: &str) -> EnvError {
-        EnvError::new(
-            EnvErrorKind::Crashed,
-            format!("agentgym webshop server {}{path}: {message}", self.base_url),
-        )
-    }
-
-    fn protocol_error(&self, path: &str, message: &str) -> EnvError {
-        EnvError::new(
-            EnvErrorKind::Crashed,
-            format!(
-                "agentgym webshop server {}{path} broke the protocol: {message}",
-                self.base_url
-            ),
-        )
     }
 }

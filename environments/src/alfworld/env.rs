@@ -15,6 +15,7 @@ use super::data::AlfworldData;
 use super::generate::{DEFAULT_MAX_STEPS, DEFAULT_SEED, GeneratedTask, Generator};
 use super::task_type::Split;
 use super::world::World;
+use crate::options::{invalid_options, options_object, positive_u32, unknown_option};
 use crate::{
     EnvContext, EnvError, EnvErrorKind, Environment, EnvironmentFactory, Evaluation, SplitInfo,
 };
@@ -66,28 +67,12 @@ impl AlfworldOptions {
     /// [`EnvErrorKind::InvalidOptions`].
     pub fn from_value(options: &Value) -> Result<Self, EnvError> {
         let mut parsed = Self::default();
-        let map = match options {
-            Value::Null => return Ok(parsed),
-            Value::Object(map) => map,
-            other => {
-                return Err(invalid_options(format!(
-                    "alfworld env_options must be a JSON object, got {other}"
-                )));
-            }
+        let Some(map) = options_object("alfworld", options)? else {
+            return Ok(parsed);
         };
         for (key, value) in map {
             match key.as_str() {
-                "max_steps" => {
-                    parsed.max_steps = value
-                        .as_u64()
-                        .filter(|limit| *limit > 0)
-                        .and_then(|limit| u32::try_from(limit).ok())
-                        .ok_or_else(|| {
-                            invalid_options(format!(
-                                "alfworld option max_steps must be a positive integer, got {value}"
-                            ))
-                        })?;
-                }
+                "max_steps" => parsed.max_steps = positive_u32("alfworld", key, value)?,
                 "user" => match value.as_str() {
                     Some("scripted" | "none") => {}
                     _ => {
@@ -97,18 +82,16 @@ impl AlfworldOptions {
                     }
                 },
                 other => {
-                    return Err(invalid_options(format!(
-                        "unknown alfworld option `{other}`; valid options: max_steps (and user, ignored)"
-                    )));
+                    return Err(unknown_option(
+                        "alfworld",
+                        other,
+                        "max_steps (and user, ignored)",
+                    ));
                 }
             }
         }
         Ok(parsed)
     }
-}
-
-fn invalid_options(message: String) -> EnvError {
-    EnvError::new(EnvErrorKind::InvalidOptions, message)
 }
 
 /// Loads ALFWorld data lazily and hands out environments over generated tasks.

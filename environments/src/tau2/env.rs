@@ -34,6 +34,7 @@ use super::eval::{self, DbLayout, PooledDb, ScoringInput};
 use super::tasks::{Splits, Tau2Task, load_splits, load_tasks};
 use super::user::{GREETING, STOP, SimulatedUser, UserMode, build_user};
 use super::{Domain, ToolError, airline, render_output, retail};
+use crate::options::{invalid_options, options_object, positive_u32, unknown_option};
 use crate::{
     AuxModel, EnvContext, EnvError, EnvErrorKind, Environment, EnvironmentFactory, Evaluation,
     SplitInfo,
@@ -252,14 +253,8 @@ impl Tau2Options {
     /// `{}` gives the defaults. Unknown keys and wrong types are [`EnvErrorKind::InvalidOptions`].
     pub fn from_value(options: &Value) -> Result<Self, EnvError> {
         let mut parsed = Self::default();
-        let map = match options {
-            Value::Null => return Ok(parsed),
-            Value::Object(map) => map,
-            other => {
-                return Err(invalid_options(format!(
-                    "tau2 env_options must be a JSON object, got {other}"
-                )));
-            }
+        let Some(map) = options_object("tau2", options)? else {
+            return Ok(parsed);
         };
         for (key, value) in map {
             match key.as_str() {
@@ -269,34 +264,13 @@ impl Tau2Options {
                     })?;
                     parsed.user = UserMode::parse(mode)?;
                 }
-                "max_steps" => parsed.max_steps = positive_limit(key, value)?,
-                "max_errors" => parsed.max_errors = positive_limit(key, value)?,
-                other => {
-                    return Err(invalid_options(format!(
-                        "unknown tau2 option `{other}`; valid options: {}",
-                        Self::KEYS.join(", ")
-                    )));
-                }
+                "max_steps" => parsed.max_steps = positive_u32("tau2", key, value)?,
+                "max_errors" => parsed.max_errors = positive_u32("tau2", key, value)?,
+                other => return Err(unknown_option("tau2", other, &Self::KEYS.join(", "))),
             }
         }
         Ok(parsed)
     }
-}
-
-fn positive_limit(key: &str, value: &Value) -> Result<u32, EnvError> {
-    value
-        .as_u64()
-        .filter(|limit| *limit > 0)
-        .and_then(|limit| u32::try_from(limit).ok())
-        .ok_or_else(|| {
-            invalid_options(format!(
-                "tau2 option {key} must be a positive integer, got {value}"
-            ))
-        })
-}
-
-fn invalid_options(message: String) -> EnvError {
-    EnvError::new(EnvErrorKind::InvalidOptions, message)
 }
 
 /// Creates [`Tau2Environment`]s of one domain. The domain's data is loaded on first use and then

@@ -26,6 +26,7 @@ use super::pages::render;
 use super::reward::RewardBreakdown;
 use super::session::{NEXT, Page, RESULTS_PER_PAGE, Session};
 use super::shop::Shop;
+use crate::options::{options_object, positive_u32, unknown_option};
 use crate::{EnvError, EnvErrorKind, Environment, EnvironmentFactory, Evaluation, SplitInfo};
 
 /// The environment id.
@@ -57,41 +58,17 @@ impl WebShopOptions {
     /// are [`EnvErrorKind::InvalidOptions`].
     pub fn from_value(options: &Value) -> Result<Self, EnvError> {
         let mut parsed = Self::default();
-        let map = match options {
-            Value::Null => return Ok(parsed),
-            Value::Object(map) => map,
-            other => {
-                return Err(invalid_options(format!(
-                    "webshop env_options must be a JSON object, got {other}"
-                )));
-            }
+        let Some(map) = options_object(ENV_ID, options)? else {
+            return Ok(parsed);
         };
         for (key, value) in map {
             match key.as_str() {
-                "max_steps" => {
-                    parsed.max_steps = value
-                        .as_u64()
-                        .filter(|steps| *steps > 0)
-                        .and_then(|steps| u32::try_from(steps).ok())
-                        .ok_or_else(|| {
-                            invalid_options(format!(
-                                "webshop option max_steps must be a positive integer, got {value}"
-                            ))
-                        })?;
-                }
-                other => {
-                    return Err(invalid_options(format!(
-                        "unknown webshop option `{other}`; valid options: max_steps"
-                    )));
-                }
+                "max_steps" => parsed.max_steps = positive_u32(ENV_ID, key, value)?,
+                other => return Err(unknown_option(ENV_ID, other, "max_steps")),
             }
         }
         Ok(parsed)
     }
-}
-
-fn invalid_options(message: String) -> EnvError {
-    EnvError::new(EnvErrorKind::InvalidOptions, message)
 }
 
 fn state_error(message: &str) -> EnvError {
