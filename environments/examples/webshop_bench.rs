@@ -16,7 +16,10 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use kiln_environments::webshop::search::{B, K1, MAX_RESULTS, document_text, tokenize};
+use kiln_environments::webshop::search::{
+    MAX_RESULTS, analyze, document_text, encode_length, idf, norm_inverse_table, query_terms,
+    term_score,
+};
 use kiln_environments::webshop::{Shop, WebShopEnvironment, WebShopOptions, oracle_actions};
 
 fn main() {
@@ -134,9 +137,11 @@ fn usage() -> ! {
     std::process::exit(2);
 }
 
-/// The baseline: every document kept as its token list, scored token by token for each query.
+/// The baseline: every document kept as its term list, scored term by term for each query with
+/// the same Lucene BM25 formulas (so the same ranking), without an inverted index.
 struct NaiveBm25 {
     documents: Vec<Vec<String>>,
+    ids: Vec<String>,
     document_frequency: HashMap<String, usize>,
     average_length: f32,
 }
@@ -146,7 +151,7 @@ impl NaiveBm25 {
         let documents: Vec<Vec<String>> = shop
             .products()
             .iter()
-            .map(|product| tokenize(&document_text(product)).collect())
+            .map(|product| analyze(&document_text(product)))
             .collect();
         let mut document_frequency = HashMap::new();
         for document in &documents {
@@ -157,38 +162,39 @@ impl NaiveBm25 {
                 *document_frequency.entry(token.clone()).or_insert(0) += 1;
             }
         }
-        let average_length =
-            documents.iter().map(Vec::len).sum::<usize>() as f32 / documents.len() as f32;
+        let total: usize = documents.iter().map(Vec::len).sum();
+        let average_length = (total as f64 / documents.len() as f64) as f32;
         Self {
             documents,
+            ids: shop.products().iter().map(|p| p.asin.clone()).collect(),
             document_frequency,
             average_length,
         }
     }
 
     fn search(&self, keywords: &str) -> Vec<usize> {
-        let tokens: Vec<String> = tokenize(keywords).collect();
-        let n = self.documents.len() as f32;
+        let terms = query_terms(keywords);
+        let n = self.documents.len() as u64;
+        let norm_inverse = norm_inverse_table(self.average_length);
         let mut scored: Vec<(usize, f32)> = Vec::new();
         for (doc, document) in self.documents.iter().enumerate() {
-            let mut score = 0f32;
+            let mut score = 0f64;
             let mut matched = false;
-            for token in &tokens {
-                let tf = document.iter().filter(|word| *word == token).count() as f32;
-                if tf == 0.0 {
+            for (term, boost) in &terms {
+                let tf = document.iter().filter(|word| *word == term).count() as u32;
+                if tf == 0 {
                     continue;
                 }
                 matched = true;
-                let df = self.document_frequency[token] as f32;
-                let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln();
-                let norm = K1 * (1.0 - B + B * document.len() as f32 / self.average_length);
-                score += idf * tf * (K1 + 1.0) / (tf + norm);
+                let weight = *boost as f32 * idf(self.document_frequency[term] as u64, n);
+                let norm = norm_inverse[usize::from(encode_length(document.len() as u32))];
+                score += f64::from(term_score(weight, tf, norm));
             }
             if matched {
-                scored.push((doc, score));
+                scored.push((doc, score as f32));
             }
         }
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(self.ids[a.0].cmp(&self.ids[b.0])));
         scored.truncate(MAX_RESULTS);
         scored.into_iter().map(|(doc, _)| doc).collect()
     }

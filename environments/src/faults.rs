@@ -11,7 +11,10 @@
 //! - `oom`: the first step allocates and touches memory, 16 MiB at a time, until the process is
 //!   killed (or, past `max_mib`, default 4096, fails with a `Crashed` error so that an unlimited
 //!   sandbox does not eat the host);
-//! - `hang`: the first step never returns.
+//! - `hang`: the first step never returns;
+//! - `probe` (asked for by option or task id; not in split `test`): the first step looks at the sandbox from
+//!   the inside ([`probe::probe_sandbox`]: identity, writable paths, network, pids limit, mounts)
+//!   and ends the episode with the report as its observation, a JSON object.
 //!
 //! `crash` and `oom` take the whole process down, so they only act inside an env-server process
 //! (the `kiln-env-server` binary calls [`enable_process_faults`]); in any other process they fail
@@ -24,6 +27,8 @@ use kiln_protocol::{Action, EnvInfo, Message, Observation, StepResult, TaskSpec,
 use serde_json::{Value, json};
 
 use crate::{EnvError, EnvErrorKind, Environment, EnvironmentFactory, Evaluation, SplitInfo};
+
+pub mod probe;
 
 /// The environment id.
 pub const ENV_ID: &str = "debug-faults";
@@ -59,6 +64,7 @@ pub enum Fault {
     Crash,
     Oom { max_mib: u64 },
     Hang,
+    Probe,
 }
 
 impl Fault {
@@ -69,6 +75,7 @@ impl Fault {
             "crash" => Some(Fault::Crash),
             "oom" => Some(Fault::Oom { max_mib }),
             "hang" => Some(Fault::Hang),
+            "probe" => Some(Fault::Probe),
             _ => None,
         }
     }
@@ -124,7 +131,7 @@ impl FaultOptions {
             None => None,
             Some(name) => Some(Fault::from_name(name, max_mib).ok_or_else(|| {
                 invalid(format!(
-                    "unknown debug-faults fault `{name}`; expected one of ok, crash, oom, hang"
+                    "unknown debug-faults fault `{name}`; expected one of ok, crash, oom, hang, probe"
                 ))
             })?),
         };
@@ -232,6 +239,25 @@ impl Environment for FaultsEnvironment {
             Fault::Crash => crash()?,
             Fault::Oom { max_mib } => exhaust_memory(max_mib)?,
             Fault::Hang => std::future::pending::<()>().await,
+            Fault::Probe => {
+                // Threads and blocking file and socket calls: off the async workers.
+                let report = tokio::task::spawn_blocking(probe::probe_sandbox)
+                    .await
+                    .map_err(|error| {
+                        EnvError::new(EnvErrorKind::Crashed, format!("probe failed: {error}"))
+                    })?;
+                episode.steps += 1;
+                episode.done = true;
+                return Ok(StepResult {
+                    observation: Observation::Text {
+                        text: report.to_string(),
+                    },
+                    done: true,
+                    termination: Some(Termination::EnvDone),
+                    admissible_actions: None,
+                    info: report,
+                });
+            }
         }
         episode.steps += 1;
         episode.done = episode.steps >= OK_STEPS;
@@ -339,6 +365,39 @@ mod tests {
             seed: 0,
             timeout_s: 0,
         }
+    }
+
+    #[tokio::test]
+    async fn the_probe_reports_what_the_process_sees_and_ends_the_episode() {
+        let mut env = FaultsFactory.create(&json!({"fault": "probe"})).unwrap();
+        env.reset(&task("ok")).await.unwrap();
+        let result = env
+            .step(&Action::Message { text: "x".into() })
+            .await
+            .unwrap();
+        assert!(result.done);
+        let Observation::Text { text } = &result.observation else {
+            panic!("{:?}", result.observation);
+        };
+        let report: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(report, result.info);
+        // Outside a container: /tmp is writable and the probe's threads all start.
+        assert_eq!(report["tmp_write"]["ok"], true, "{report}");
+        assert!(report["identity"]["uid"].is_u64(), "{report}");
+        assert!(
+            report["interfaces"]
+                .as_array()
+                .is_some_and(|names| !names.is_empty())
+        );
+        assert!(
+            report["mounts"]
+                .as_array()
+                .is_some_and(|mounts| !mounts.is_empty())
+        );
+        assert!(
+            report["pids"]["threads_started"].as_u64().unwrap() > 0,
+            "{report}"
+        );
     }
 
     #[tokio::test]

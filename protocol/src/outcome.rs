@@ -80,7 +80,9 @@ pub struct Outcome {
     pub success: bool,
     /// Success counting only judged components (unjudged ones treated as passed); reports show both.
     pub success_judged_only: bool,
-    /// Product of judged components (0 when the episode errored or ended without a stop).
+    /// Product of judged components (0 when the episode errored or ended without a stop): an
+    /// unjudged component is left out, as if passed. [`Outcome::reward_strict`] counts it as not
+    /// passed; reports lead with the strict figure.
     pub reward: f64,
     pub components: BTreeMap<String, ComponentScore>,
     pub termination: Termination,
@@ -103,8 +105,78 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// The reward with every unjudged component counted as not passed (0), as `success` counts
+    /// it. `reward` is the judged-only figure.
+    pub fn reward_strict(&self) -> f64 {
+        if self.components.values().any(|score| score.unjudged) {
+            0.0
+        } else {
+            self.reward
+        }
+    }
+
     /// Key outcomes are deduplicated by.
     pub fn key(&self) -> (String, String, u32) {
         (self.run_id.clone(), self.task_id.clone(), self.attempt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(components: &[(&str, Option<f64>, bool)], reward: f64) -> Outcome {
+        Outcome {
+            schema: 1,
+            run_id: "r".into(),
+            env: "tau2-retail".into(),
+            split: "base".into(),
+            task_id: "0".into(),
+            attempt: 0,
+            success: false,
+            success_judged_only: reward == 1.0,
+            reward,
+            components: components
+                .iter()
+                .map(|(name, value, unjudged)| {
+                    (
+                        name.to_string(),
+                        ComponentScore {
+                            value: *value,
+                            unjudged: *unjudged,
+                            detail: None,
+                        },
+                    )
+                })
+                .collect(),
+            termination: Termination::AgentStop,
+            error: None,
+            harness_hash: "h".into(),
+            model: "oracle".into(),
+            usage: Usage::default(),
+            wall_ms: 0,
+            steps: 0,
+            db_hash: None,
+            worker: None,
+            started_at: 0,
+            finished_at: 0,
+        }
+    }
+
+    #[test]
+    fn strict_reward_counts_an_unjudged_component_as_not_passed() {
+        // Retail without a judge: the DB matches, the NL assertions are unjudged.
+        let unjudged = outcome(
+            &[("DB", Some(1.0), false), ("NL_ASSERTION", None, true)],
+            1.0,
+        );
+        assert_eq!(unjudged.reward, 1.0);
+        assert_eq!(unjudged.reward_strict(), 0.0);
+        let judged = outcome(
+            &[("DB", Some(1.0), false), ("NL_ASSERTION", Some(0.5), false)],
+            0.5,
+        );
+        assert_eq!(judged.reward_strict(), 0.5);
+        assert_eq!(outcome(&[], 0.0).reward_strict(), 0.0);
     }
 }

@@ -83,6 +83,11 @@ impl Shop {
         self.index.search(keywords)
     }
 
+    /// The search index, for callers that need scores (the reference comparison, benchmarks).
+    pub fn search_index(&self) -> &SearchIndex {
+        &self.index
+    }
+
     /// Goal `id` (its index as a decimal string), or an [`EnvErrorKind::UnknownTask`] error.
     pub fn goal_index(&self, id: &str) -> Result<usize, EnvError> {
         id.trim()
