@@ -304,6 +304,12 @@ pub fn script_surface(source: &str) -> Result<ScriptSurface, ScriptError> {
                     surface.functions.insert(target.to_string());
                 }
             }
+            // The parser folds `Fn("literal")` into a constant function pointer.
+            Some(ASTNode::Expr(Expr::DynamicConstant(value, _))) => {
+                if let Some(pointer) = value.read_lock::<rhai::FnPtr>() {
+                    surface.functions.insert(pointer.fn_name().to_string());
+                }
+            }
             _ => {}
         }
         true
@@ -411,11 +417,11 @@ mod tests {
     #[test]
     fn expressions_nested_past_the_limit_do_not_compile() {
         let mut limits = ScriptLimits::DEFAULT;
-        limits.max_expr_depth = 8;
+        limits.max_expr_depth = 4;
         let nested = format!(
             "fn step_end(event) {{ let x = {}1{}; }}",
-            "(".repeat(20),
-            ")".repeat(20)
+            "(".repeat(6),
+            ")".repeat(6)
         );
         let error = compile(&nested, &limits).unwrap_err();
         assert_eq!(error.kind(), ScriptErrorKind::Syntax, "{error}");
@@ -437,7 +443,7 @@ mod tests {
         let surface = script_surface(source).unwrap();
         assert_eq!(
             surface.functions,
-            BTreeSet::from(["Fn", "helper", "len", "note", "read_gold"].map(String::from))
+            BTreeSet::from(["helper", "len", "note", "read_gold"].map(String::from))
         );
         for property in ["sampling", "max_tokens", "prompt"] {
             assert!(surface.properties.contains(property), "{surface:?}");
