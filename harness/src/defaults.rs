@@ -13,6 +13,12 @@ pub const REACT_TEXT_TOML: &str = include_str!("../../harnesses/react-text.toml"
 /// small local models.
 pub const SMALL_MODEL_TOML: &str = include_str!("../../harnesses/small-model.toml");
 
+/// `harnesses/scripts/loop-breaker.rhai`: visited-state tracking for environments that list
+/// admissible actions (a repeated action in the same state becomes an untried admissible one).
+/// Used by `harnesses/small-model-loop-breaker.toml`; an evolver inserts it as a `script`
+/// processor with this text as `source`.
+pub const LOOP_BREAKER_RHAI: &str = include_str!("../../harnesses/scripts/loop-breaker.rhai");
+
 /// The built-in harness files by name (`tau2`, `react-text`, `small-model`) and their TOML text.
 pub const BUILTIN_HARNESSES: [(&str, &str); 3] = [
     ("tau2", TAU2_TOML),
@@ -73,6 +79,19 @@ mod tests {
             Harness::new(&spec).unwrap();
         }
         assert!(builtin_harness("nope").is_none());
+    }
+
+    #[test]
+    fn the_shipped_loop_breaker_compiles_and_runs_after_the_model() {
+        let program = crate::builtin::script::compile::compile(
+            LOOP_BREAKER_RHAI,
+            &crate::builtin::script::ScriptLimits::DEFAULT,
+        )
+        .unwrap_or_else(|error| panic!("{error} at {:?}", error.location()));
+        assert_eq!(
+            program.hooks.iter().copied().collect::<Vec<_>>(),
+            [Hook::AfterModel]
+        );
     }
 
     #[test]

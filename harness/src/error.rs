@@ -37,6 +37,9 @@ pub enum HarnessErrorKind {
     OrderConflict,
     /// A processor could not be instantiated for an episode.
     Instantiate,
+    /// A script processor's source does not compile or breaks a script rule; the location is
+    /// in the script (or mapped into the harness file for an inline script).
+    Script,
 }
 
 /// A line/column position in a harness file, 1-based.

@@ -9,11 +9,10 @@
 //! - [`processor`]: the [`Processor`] trait, processor kinds and the registry.
 //! - [`builtin`]: the built-in kinds (`system_prompt`, `history_window`, `tool_catalogue`,
 //!   `tool_parser`, `parse_retry`, `step_limit`, `loop_detection`, `trajectory_recorder`,
-//!   `compact_prompt`, `admissible_choice`).
+//!   `compact_prompt`, `admissible_choice`) and `script`: Rhai processors under hard limits
+//!   ([`builtin::script`]).
 //! - [`defaults`]: the harness files shipped in `harnesses/`.
 //! - [`commands`]: what `kiln harness validate|show|diff` prints.
-//!
-//! Script processors (Rhai) are not built yet: a `script` kind is rejected as unknown.
 
 pub mod algebra;
 pub mod builtin;

@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::error::ProcessorError;
+use crate::error::{Location, ProcessorError};
 use crate::events::{
     AfterModelEvent, AfterToolEvent, BeforeModelEvent, BeforeToolEvent, StepEndEvent,
     StepStartEvent, TaskEndEvent, TaskStartEvent,
@@ -72,6 +72,8 @@ pub trait Processor: Send {
 pub struct ConfigError {
     pub field: String,
     pub message: String,
+    /// Position inside the field's text (a script's line and column), when the field is code.
+    pub location: Option<Location>,
 }
 
 impl ConfigError {
@@ -79,7 +81,13 @@ impl ConfigError {
         Self {
             field: field.into(),
             message: message.into(),
+            location: None,
         }
+    }
+
+    pub fn with_location(mut self, location: Option<Location>) -> Self {
+        self.location = location;
+        self
     }
 }
 
@@ -95,6 +103,16 @@ pub trait ProcessorKind: Send + Sync {
     fn group(&self) -> Option<&'static str>;
     /// Validates a config and returns it with every default filled in.
     fn normalize_config(&self, config: &Value) -> Result<Value, ConfigError>;
+    /// Hooks a processor with this (normalized) config runs at when its spec lists none; by
+    /// default every hook of the kind. A script runs at the hooks it defines functions for.
+    fn default_hooks(&self, _config: &Value) -> Vec<Hook> {
+        self.hooks().to_vec()
+    }
+    /// Checks the hooks a spec lists (all supported by the kind) against its normalized config;
+    /// a script must define a function for each listed hook and list every hook it defines.
+    fn check_hooks(&self, _config: &Value, _hooks: &[Hook]) -> Result<(), ConfigError> {
+        Ok(())
+    }
     /// A fresh processor for one episode. `config` has passed `normalize_config`.
     fn instantiate(&self, config: &Value) -> Result<Box<dyn Processor>, ConfigError>;
 }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use kiln_protocol::{HarnessSpec, Hook, ProcessorSpec, SCHEMA_VERSION};
+use serde_json::Value;
 
 use crate::error::{HarnessError, HarnessErrorKind};
 use crate::processor::{ProcessorKind, ProcessorRegistry};
@@ -99,17 +100,24 @@ pub fn resolve_processor(
         .with_processor(id)
         .with_field("kind"));
     };
-    let hooks = resolve_hooks(processor, kind.as_ref())?;
     let config = kind.normalize_config(&processor.config).map_err(|error| {
         let field = if error.field.is_empty() {
             "config".to_string()
         } else {
             format!("config.{}", error.field)
         };
-        HarnessError::new(HarnessErrorKind::InvalidConfig, error.message)
+        // A position inside the config (a script's line and column) makes it a script error.
+        let kind = if error.location.is_some() {
+            HarnessErrorKind::Script
+        } else {
+            HarnessErrorKind::InvalidConfig
+        };
+        HarnessError::new(kind, error.message)
             .with_processor(id)
             .with_field(field)
+            .with_location(error.location)
     })?;
+    let hooks = resolve_hooks(processor, kind.as_ref(), &config)?;
     if processor.after.iter().any(|other| other == id) {
         return Err(HarnessError::new(
             HarnessErrorKind::Cycle,
@@ -140,9 +148,10 @@ pub fn resolve_processor(
 fn resolve_hooks(
     processor: &ProcessorSpec,
     kind: &dyn ProcessorKind,
+    config: &Value,
 ) -> Result<Vec<Hook>, HarnessError> {
     if processor.hooks.is_empty() {
-        return Ok(sorted_hooks(kind.hooks()));
+        return Ok(sorted_hooks(&kind.default_hooks(config)));
     }
     if let Some(hook) = processor
         .hooks
@@ -161,7 +170,13 @@ fn resolve_hooks(
         .with_processor(&processor.id)
         .with_field("hooks"));
     }
-    Ok(sorted_hooks(&processor.hooks))
+    let hooks = sorted_hooks(&processor.hooks);
+    kind.check_hooks(config, &hooks).map_err(|error| {
+        HarnessError::new(HarnessErrorKind::InvalidHook, error.message)
+            .with_processor(&processor.id)
+            .with_field("hooks")
+    })?;
+    Ok(hooks)
 }
 
 fn sorted_hooks(hooks: &[Hook]) -> Vec<Hook> {

@@ -5,13 +5,15 @@
 //! The content hash is the hex sha256 of the canonical form as compact JSON, so two files that
 //! differ only in formatting, key order or spelled-out defaults name the same version.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use kiln_protocol::HarnessSpec;
 use regex::Regex;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::builtin::script::KIND as SCRIPT_KIND;
 use crate::error::{HarnessError, HarnessErrorKind, Location};
 use crate::processor::{ProcessorRegistry, field_in_message};
 use crate::resolve::{ResolvedProcessor, resolve};
@@ -40,16 +42,70 @@ impl SpecFormat {
     }
 }
 
-/// Reads and validates a harness file. The spec is returned as written; errors name the file,
-/// line, column, processor and field.
+/// Reads and validates a harness file. The spec is returned as written, except that each script
+/// processor's `file` is read (relative to the harness file) and replaced by its text as
+/// `source`, so the canonical form and the content hash cover the script. Errors name the file,
+/// line, column, processor and field; a script's compile error names the script file, or the
+/// line of the harness file for an inline script.
 pub fn load_spec(path: &Path, registry: &ProcessorRegistry) -> Result<HarnessSpec, HarnessError> {
     let format = SpecFormat::from_path(path)?;
     let text = std::fs::read_to_string(path).map_err(|error| {
         HarnessError::new(HarnessErrorKind::Io, format!("cannot read: {error}")).with_file(path)
     })?;
-    let spec =
-        parse_and_validate(&text, format, registry).map_err(|error| error.with_file(path))?;
+    let mut spec = parse_spec(&text, format).map_err(|error| error.with_file(path))?;
+    let base = path.parent().unwrap_or_else(|| Path::new(""));
+    let script_files = embed_script_files(&mut spec, base).map_err(|error| {
+        let location = error
+            .processor()
+            .and_then(|id| locate_field(&text, id, error.field(), false));
+        error.with_location(location).with_file(path)
+    })?;
+    check_spec(&text, &spec, registry, &script_files).map_err(|error| {
+        // A script file's error already names the script file.
+        if error.file().is_none() {
+            error.with_file(path)
+        } else {
+            error
+        }
+    })?;
     Ok(spec)
+}
+
+/// Replaces each script processor's `file` by the file's text as `source`. Returns the file
+/// each processor's script came from.
+pub fn embed_script_files(
+    spec: &mut HarnessSpec,
+    base: &Path,
+) -> Result<BTreeMap<String, PathBuf>, HarnessError> {
+    let mut files = BTreeMap::new();
+    for processor in &mut spec.processors {
+        if processor.kind != SCRIPT_KIND {
+            continue;
+        }
+        let Value::Object(config) = &mut processor.config else {
+            continue;
+        };
+        // Both or neither are reported by the kind's config check.
+        if config.contains_key("source") {
+            continue;
+        }
+        let Some(Value::String(file)) = config.get("file") else {
+            continue;
+        };
+        let path = base.join(file);
+        let source = std::fs::read_to_string(&path).map_err(|error| {
+            HarnessError::new(
+                HarnessErrorKind::Io,
+                format!("cannot read script file `{}`: {error}", path.display()),
+            )
+            .with_processor(&processor.id)
+            .with_field("config.file")
+        })?;
+        config.remove("file");
+        config.insert("source".to_string(), Value::String(source));
+        files.insert(processor.id.clone(), path);
+    }
+    Ok(files)
 }
 
 /// Parses text and validates it against `registry`; semantic errors are located in the text.
@@ -59,15 +115,96 @@ pub fn parse_and_validate(
     registry: &ProcessorRegistry,
 ) -> Result<HarnessSpec, HarnessError> {
     let spec = parse_spec(text, format)?;
-    if let Err(error) = resolve(&spec, registry) {
-        // A duplicate id is reported where it is repeated, anything else where the id is defined.
-        let repeated = error.kind() == HarnessErrorKind::DuplicateId;
-        let location = error
-            .processor()
-            .and_then(|id| locate_field(text, id, error.field(), repeated));
-        return Err(error.with_location(location));
-    }
+    check_spec(text, &spec, registry, &BTreeMap::new())?;
     Ok(spec)
+}
+
+/// Validates a parsed spec and locates an error in `text` (or in the script file it names).
+fn check_spec(
+    text: &str,
+    spec: &HarnessSpec,
+    registry: &ProcessorRegistry,
+    script_files: &BTreeMap<String, PathBuf>,
+) -> Result<(), HarnessError> {
+    let Err(error) = resolve(spec, registry) else {
+        return Ok(());
+    };
+    if error.kind() == HarnessErrorKind::Script
+        && let Some(id) = error.processor()
+    {
+        if let Some(file) = script_files.get(id) {
+            return Err(error.with_file(file).with_field("config.file"));
+        }
+        return Err(locate_inline_script_error(text, error));
+    }
+    // A duplicate id is reported where it is repeated, anything else where the id is defined.
+    let repeated = error.kind() == HarnessErrorKind::DuplicateId;
+    let location = error
+        .processor()
+        .and_then(|id| locate_field(text, id, error.field(), repeated));
+    Err(error.with_location(location))
+}
+
+/// Maps a script position (in an inline `source`) to the harness file: exactly for a multi-line
+/// string (TOML `'''` or `"""`) and for the first line of a one-line string; otherwise the
+/// error points at `source` and its message names the script line and column.
+fn locate_inline_script_error(text: &str, error: HarnessError) -> HarnessError {
+    let id = error.processor().unwrap_or_default().to_string();
+    let field = error.field().unwrap_or("config.source").to_string();
+    let script = error.location();
+    let key = locate_field(text, &id, Some(&field), false);
+    let mapped = match (key, script) {
+        (Some(key), Some(script)) => map_into_string(text, key, script),
+        _ => None,
+    };
+    let mut message = error.message().to_string();
+    if mapped.is_none()
+        && let Some(Location { line, column }) = script
+    {
+        message = format!("{message} (script line {line}, column {column})");
+    }
+    HarnessError::new(HarnessErrorKind::Script, message)
+        .with_processor(id)
+        .with_field(field)
+        .with_location(mapped.or(key))
+}
+
+fn map_into_string(text: &str, key: Location, script: Location) -> Option<Location> {
+    let key_offset = offset_of(text, key)?;
+    let after_key = &text[key_offset..];
+    let assign = after_key.find(['=', ':'])?;
+    let value = after_key[assign + 1..].trim_start_matches([' ', '\t']);
+    let value_offset = text.len() - value.len();
+    let value_column = location_of(text, value_offset).column;
+    let multi_line = value.starts_with("'''") || value.starts_with("\"\"\"");
+    if multi_line {
+        // TOML drops a newline right after the opening delimiter.
+        let rest = &value[3..];
+        if rest.starts_with('\n') || rest.starts_with("\r\n") {
+            return Some(Location {
+                line: key.line + script.line,
+                column: script.column,
+            });
+        }
+        return Some(if script.line == 1 {
+            Location {
+                line: key.line,
+                column: value_column + 3 + script.column - 1,
+            }
+        } else {
+            Location {
+                line: key.line + script.line - 1,
+                column: script.column,
+            }
+        });
+    }
+    if script.line == 1 && (value.starts_with('"') || value.starts_with('\'')) {
+        return Some(Location {
+            line: key.line,
+            column: value_column + script.column,
+        });
+    }
+    None
 }
 
 /// Parses text into a spec (shape only; see [`parse_and_validate`] for semantic checks).

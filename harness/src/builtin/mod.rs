@@ -10,6 +10,7 @@ pub mod compact_prompt;
 pub mod history_window;
 pub mod loop_detection;
 pub mod parse_retry;
+pub mod script;
 pub mod step_limit;
 pub mod system_prompt;
 pub mod tool_catalogue;
@@ -29,6 +30,7 @@ pub fn kinds() -> Vec<Arc<dyn ProcessorKind>> {
         Arc::new(trajectory_recorder::kind()),
         Arc::new(compact_prompt::kind()),
         Arc::new(admissible_choice::kind()),
+        Arc::new(script::kind()),
     ]
 }
 
