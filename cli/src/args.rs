@@ -52,6 +52,43 @@ pub enum Command {
         /// The run directory (`runs/<run-id>` or an `--out` directory).
         dir: PathBuf,
     },
+    /// AEGIS harness evolution.
+    #[command(subcommand)]
+    Evolve(EvolveCommand),
+}
+
+/// `kiln evolve …`.
+#[derive(Debug, Subcommand)]
+pub enum EvolveCommand {
+    /// Run the Critic's static checks on one candidate harness: exit 0 when it would go on to
+    /// the gate, 1 with the reasons when it would be rejected.
+    Check(EvolveCheckArgs),
+}
+
+/// `kiln evolve check`.
+#[derive(Debug, Args)]
+pub struct EvolveCheckArgs {
+    /// The candidate harness (TOML or JSON).
+    pub candidate: PathBuf,
+    /// The parent harness the candidate was derived from.
+    #[arg(long)]
+    pub base: PathBuf,
+    /// Environment whose data supplies the task ids and gold strings no harness may contain.
+    #[arg(long)]
+    pub env: String,
+    /// The candidate's manifest (TOML or JSON); without it the manifest checks are skipped.
+    #[arg(long)]
+    pub manifest: Option<PathBuf>,
+    /// Search-split task ids, one per line: their gold may be used (few-shot demonstrations) and
+    /// predictions may name only them [default: every task counts as gate/held-out].
+    #[arg(long)]
+    pub search_tasks: Option<PathBuf>,
+    /// The seed harness of the evolution, to catch budgets widened a little every round.
+    #[arg(long)]
+    pub seed: Option<PathBuf>,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `kiln run`. Options left out take their value from `run.toml` when resuming, else the default.

@@ -3,6 +3,7 @@
 
 mod args;
 mod commands;
+mod forbidden;
 mod logging;
 mod progress;
 mod selection;
@@ -11,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, EvolveCommand};
 
 /// Exit status for bad input (as clap uses for bad arguments).
 pub const EXIT_INPUT: u8 = 2;
@@ -64,6 +65,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => commands::worker::worker(args).await,
         Command::Coordinator(args) => commands::coordinator::coordinator(args).await,
         Command::Report { dir } => commands::report::report(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Evolve(EvolveCommand::Check(args)) => commands::evolve_check::check(args),
     }
 }
 

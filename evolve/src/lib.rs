@@ -7,6 +7,9 @@
 //! test) → ship. Each stage is a plain module whose logic is testable without rollouts.
 
 pub mod candidate;
+pub mod critic;
+pub mod gate;
+pub mod stats;
 
 pub use candidate::{
     AttributionSignature, Bucket, Candidate, CapabilityEvidence, EvidencePointer, Manifest,
