@@ -4,6 +4,7 @@
 //!   local:smollm2 --harness harnesses/small-model.toml`, task `train/pick_and_place_simple/0000`
 //!   (the model paces between two sofas until the step limit);
 //! - `webshop-oracle.json`, `tau2-retail-oracle.json`: `--model oracle` runs on the train splits.
+//!
 //! Where a signature needs a failure the oracle never makes, the real episode is edited in the
 //! smallest way (a step removed, a tool result replaced) and the test says so.
 
