@@ -161,4 +161,35 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn evolution_sources_name_real_splits_and_keep_held_out_apart() {
+        let ctx = EnvContext {
+            data_dir: crate::default_data_dir(),
+            ..EnvContext::default()
+        };
+        for id in ["alfworld", "webshop", "tau2-retail", "tau2-airline"] {
+            let Ok(factory) = open(id, &ctx) else {
+                // tau2/alfworld data comes from ops/setup; CI installs it.
+                assert!(std::env::var("CI").is_err(), "{id}: data missing in CI");
+                eprintln!("skipping {id}: data not installed");
+                continue;
+            };
+            let sources = factory.evolution_sources().expect(id);
+            assert_ne!(sources.held_out, sources.search, "{id}");
+            assert_ne!(sources.held_out, sources.gate, "{id}");
+            for split in [&sources.search, &sources.gate, &sources.held_out] {
+                assert!(!factory.task_ids(split).unwrap().is_empty(), "{id}/{split}");
+            }
+        }
+        assert!(faults::FaultsFactory.evolution_sources().is_none());
+        let alfworld = open("alfworld", &ctx);
+        if let Ok(alfworld) = alfworld {
+            assert_eq!(
+                alfworld.task_cluster("train/pick_heat_then_place_in_recep/0003"),
+                "pick_heat_then_place_in_recep"
+            );
+            assert_eq!(alfworld.task_cluster("nonsense"), "");
+        }
+    }
 }

@@ -120,6 +120,29 @@ pub struct SplitInfo {
     pub tasks: usize,
 }
 
+/// Where AEGIS draws its three frozen evolution splits from: names of the environment's own
+/// splits. `search` and `gate` may name the same split (they are then drawn disjointly from it);
+/// `held_out` must differ from both, so the final report measures tasks evolution never saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvolutionSources {
+    /// Rollouts AEGIS learns from.
+    pub search: String,
+    /// Acceptance (the per-task no-regression gate).
+    pub gate: String,
+    /// The final report only.
+    pub held_out: String,
+}
+
+impl EvolutionSources {
+    pub fn new(search: &str, gate: &str, held_out: &str) -> Self {
+        Self {
+            search: search.to_string(),
+            gate: gate.to_string(),
+            held_out: held_out.to_string(),
+        }
+    }
+}
+
 /// Creates environment instances of one kind and lists their tasks.
 pub trait EnvironmentFactory: Send + Sync {
     /// Environment id (`tau2-retail`).
@@ -135,6 +158,17 @@ pub trait EnvironmentFactory: Send + Sync {
     }
     /// A fresh instance. `options` are the task's `env_options`.
     fn create(&self, options: &Value) -> Result<Box<dyn Environment>, EnvError>;
+    /// The splits AEGIS evolves on, gates with and reports on; `None` when the environment has
+    /// no split layout fit for evolution.
+    fn evolution_sources(&self) -> Option<EvolutionSources> {
+        None
+    }
+    /// The cluster a task belongs to (its task type or category), for stratified split draws,
+    /// demonstrations by type and variant routing; empty when the environment has none.
+    fn task_cluster(&self, task_id: &str) -> String {
+        let _ = task_id;
+        String::new()
+    }
 }
 
 /// Kiln's data cache: `$KILN_HOME`, else `~/.cache/kiln`. `ops/setup` fills it.

@@ -5,13 +5,34 @@
 //! with a manifest) → critic (static, deterministic rejection of hacks and fatigued levers) →
 //! gate (deterministic: canonical form, smoke, per-task no-regression against round-0 noise, paired
 //! test) → ship. Each stage is a plain module whose logic is testable without rollouts.
+//!
+//! - [`stats`], [`critic`] and [`gate`]: the statistics, the static critic and the deterministic gate.
+//! - [`splits`]: the frozen search / gate / held-out splits.
+//! - [`traces`]: the trace store, which refuses held-out runs until the [`FinalEvaluation`].
+//! - [`digest`]: per-task structured failure summaries with deterministic signatures.
+//! - [`plan`]: the landscape (`landscape.md` + `landscape.json`).
+//! - [`evolver`] and [`operators`]: the rules and LLM evolvers.
+//! - [`artifacts`]: the round directory `R<n>/`, `INDEX.md` and `journal.md`.
 
+pub mod artifacts;
 pub mod candidate;
 pub mod critic;
+pub mod digest;
+pub mod evolver;
 pub mod gate;
+pub mod operators;
+pub mod plan;
+pub mod rng;
+pub mod splits;
 pub mod stats;
+pub mod traces;
 
 pub use candidate::{
     AttributionSignature, Bucket, Candidate, CapabilityEvidence, EvidencePointer, Manifest,
     PredictedImpact,
 };
+pub use digest::{FailureCategory, TaskDigest, TaskStatus, digest_tasks};
+pub use evolver::{Demonstration, EvolveInput, Evolver, LlmEvolver, Proposals, RulesEvolver};
+pub use plan::{EditRecord, EditVerdict, Landscape, PlanInput, plan};
+pub use splits::{EvolutionSplits, SplitRole, SplitSizes};
+pub use traces::{FinalEvaluation, RunTraces, TraceError, TraceErrorKind, TraceStore};

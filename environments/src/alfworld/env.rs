@@ -167,6 +167,23 @@ impl EnvironmentFactory for AlfworldFactory {
         Ok(split.task_ids())
     }
 
+    /// Search and gate from `train` (train scenes, drawn disjointly); held-out = `valid_unseen`
+    /// (unseen scenes), the split ALFWorld results are reported on.
+    fn evolution_sources(&self) -> Option<crate::EvolutionSources> {
+        Some(crate::EvolutionSources::new(
+            Split::Train.name(),
+            Split::Train.name(),
+            Split::ValidUnseen.name(),
+        ))
+    }
+
+    /// The task type (`pick_and_place_simple`, …), read from the id.
+    fn task_cluster(&self, task_id: &str) -> String {
+        super::task_type::parse_task_id(task_id)
+            .map(|(_, task_type, _)| task_type.name().to_string())
+            .unwrap_or_default()
+    }
+
     /// `valid_unseen`: ALFWorld's out-of-distribution evaluation split (ReAct's 134 games).
     fn default_split(&self) -> &str {
         Split::ValidUnseen.name()

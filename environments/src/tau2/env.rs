@@ -348,6 +348,12 @@ impl EnvironmentFactory for Tau2Factory {
         Ok(self.data()?.splits().task_ids(split)?.to_vec())
     }
 
+    /// tau2's own `split_tasks.json`: search and gate drawn disjointly from `train`, held-out =
+    /// `test`.
+    fn evolution_sources(&self) -> Option<crate::EvolutionSources> {
+        Some(crate::EvolutionSources::new("train", "train", "test"))
+    }
+
     fn create(&self, options: &Value) -> Result<Box<dyn crate::Environment>, EnvError> {
         Ok(Box::new(self.create_tau2(options)?))
     }

@@ -161,6 +161,11 @@ impl EnvironmentFactory for WebShopFactory {
         self.shop().split_ids(split)
     }
 
+    /// Search from `train`, gate from `eval`, held-out = `test` (the original's three ranges).
+    fn evolution_sources(&self) -> Option<crate::EvolutionSources> {
+        Some(crate::EvolutionSources::new("train", "eval", "test"))
+    }
+
     fn create(&self, options: &Value) -> Result<Box<dyn Environment>, EnvError> {
         Ok(Box::new(self.create_webshop(options)?))
     }
