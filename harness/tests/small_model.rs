@@ -537,6 +537,166 @@ async fn environments_without_admissible_actions_are_left_to_the_parser() {
     assert!(model.score_calls().is_empty());
 }
 
+/// A three-page shop in WebShop's format: the search page admits only the free-text placeholder
+/// `search[...]`; results and item pages admit clicks; `click[buy now]` ends it. Anything else
+/// is an invalid action that leaves the page as it is.
+struct MiniShop {
+    page: &'static str,
+    commands: Vec<String>,
+    bought: bool,
+}
+
+impl MiniShop {
+    fn new() -> Self {
+        Self {
+            page: "search",
+            commands: Vec::new(),
+            bought: false,
+        }
+    }
+
+    fn admissible(&self) -> Vec<String> {
+        let list: &[&str] = match self.page {
+            "search" => &["search[...]"],
+            "results" => &["click[back to search]", "click[b001]", "click[b002]"],
+            _ => &["click[back to search]", "click[buy now]"],
+        };
+        list.iter().map(|action| action.to_string()).collect()
+    }
+
+    fn text(&self) -> String {
+        let body = match self.page {
+            "search" => "Search",
+            "results" => "Back to Search [SEP] b001 [SEP] Red dress [SEP] b002 [SEP] Blue hat",
+            _ => "Back to Search [SEP] Red dress [SEP] Buy Now",
+        };
+        format!("WebShop [SEP] Instruction: [SEP] i need a red dress under 30 dollars [SEP] {body}")
+    }
+}
+
+#[async_trait]
+impl Environment for MiniShop {
+    async fn reset(&mut self, _task: &TaskSpec) -> Result<EnvInfo, EnvError> {
+        Ok(EnvInfo {
+            env: "mini-shop".into(),
+            instructions: "Buy what the instruction asks for.".into(),
+            tools: Vec::new(),
+            opening: vec![Message::user(self.text())],
+            admissible_actions: Some(self.admissible()),
+        })
+    }
+
+    async fn step(&mut self, action: &Action) -> Result<StepResult, EnvError> {
+        let command = match action {
+            Action::Message { text } => text.clone(),
+            Action::ToolCall { call } => format!("tool {}", call.name),
+        };
+        self.commands.push(command.clone());
+        match (self.page, command.as_str()) {
+            ("search", search) if search.starts_with("search[") && search.ends_with(']') => {
+                self.page = "results"
+            }
+            ("results", "click[b001]") => self.page = "item",
+            ("item", "click[buy now]") => self.bought = true,
+            (_, "click[back to search]") => self.page = "search",
+            _ => {}
+        }
+        Ok(StepResult {
+            observation: Observation::Text { text: self.text() },
+            done: self.bought,
+            termination: self.bought.then_some(Termination::EnvDone),
+            admissible_actions: Some(self.admissible()),
+            info: Value::Null,
+        })
+    }
+
+    async fn evaluate(&mut self, _termination: Termination) -> Result<Evaluation, EnvError> {
+        let value = if self.bought { 1.0 } else { 0.0 };
+        Ok(Evaluation {
+            reward: value,
+            components: BTreeMap::new(),
+            success: self.bought,
+            success_judged_only: self.bought,
+            db_hash: None,
+            info: Value::Null,
+        })
+    }
+
+    fn oracle_plan(&self) -> Option<Vec<Action>> {
+        None
+    }
+}
+
+const APOLOGY: &str = "I'm sorry for the confusion. How can I help you today?";
+
+#[tokio::test]
+async fn a_chat_message_on_a_free_text_page_becomes_the_likeliest_filled_placeholder() {
+    let harness = Harness::new(&builtin_harness("small-model").unwrap()).unwrap();
+    let model = Arc::new(ChoosyModel::new(
+        &[APOLOGY],
+        &["dollars]", "click[b001]", "click[buy now]"],
+    ));
+    let mut env = MiniShop::new();
+    let result = run_episode(
+        &harness,
+        &SharedFactory(model.clone()),
+        &mut env,
+        &task(),
+        None,
+    )
+    .await;
+
+    // The model never wrote an action, yet every step acted in the shop.
+    assert_eq!(result.outcome.termination, Termination::EnvDone);
+    assert!(result.outcome.success);
+    assert_eq!(
+        env.commands,
+        [
+            "search[i need a red dress under 30 dollars]",
+            "click[b001]",
+            "click[buy now]"
+        ]
+    );
+    // On the search page the instruction (the only observation segment of 3+ words) fills it.
+    let first = &model.score_calls()[0];
+    assert_eq!(
+        first.candidates,
+        ["Action: search[i need a red dress under 30 dollars]"]
+    );
+    let notes = notes_of(&result.trajectory, "choice");
+    assert_eq!(notes.len(), 3);
+    assert_eq!(
+        notes[0].1["admissible_choice"]["chosen"],
+        "search[i need a red dress under 30 dollars]"
+    );
+}
+
+#[tokio::test]
+async fn without_placeholder_fills_a_chat_message_never_reaches_the_shop() {
+    // The seed's behaviour before the fix, kept behind `fill_placeholders = false`.
+    let harness = small_model_with("choice", |config| {
+        config["fill_placeholders"] = json!(false)
+    });
+    let model = Arc::new(ChoosyModel::new(&[APOLOGY], &["dollars]"]));
+    let mut env = MiniShop::new();
+    let result = run_episode(
+        &harness,
+        &SharedFactory(model.clone()),
+        &mut env,
+        &task(),
+        None,
+    )
+    .await;
+    assert_eq!(result.outcome.termination, Termination::LoopDetected);
+    assert!(!result.outcome.success);
+    assert!(
+        env.commands
+            .iter()
+            .all(|command| !command.starts_with("search["))
+    );
+    assert!(model.score_calls().is_empty());
+}
+
 // ---------------------------------------------------------------------------------------------
 // admissible_choice in isolation
 // ---------------------------------------------------------------------------------------------

@@ -213,6 +213,47 @@ async fn score_prefers_the_right_answer() {
 }
 
 #[tokio::test]
+async fn batched_candidate_scores_equal_one_by_one_scores() {
+    let chat = load(EngineConfig::default());
+    let messages = [
+        Message::system("You are an agent in a house. Write one line: Action: <action>"),
+        Message::user("Your task is to: cool an apple. You see a fridge 1 and a cabinet 2."),
+    ];
+    let candidates: Vec<String> = [
+        "Action: go to fridge 1",
+        "Action: go to cabinet 2",
+        "Action: look",
+        "Action: inventory",
+        "Action: take apple 1 from countertop 1",
+    ]
+    .iter()
+    .map(|text| text.to_string())
+    .collect();
+    let together = chat.score(&messages, &candidates).await.unwrap();
+    let stats = chat.engine().stats();
+    assert!(
+        stats
+            .batched_scores
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    for (candidate, batched) in candidates.iter().zip(&together) {
+        let alone = chat
+            .score(&messages, std::slice::from_ref(candidate))
+            .await
+            .unwrap();
+        assert_eq!(alone[0].tokens, batched.tokens, "{candidate}");
+        // Same arithmetic per row; only the attention's summation order over rows differs.
+        assert!(
+            (alone[0].logprob - batched.logprob).abs() < 1e-3,
+            "{candidate}: {} alone vs {} batched",
+            alone[0].logprob,
+            batched.logprob
+        );
+    }
+}
+
+#[tokio::test]
 async fn batched_generation_gives_the_same_greedy_text_as_one_at_a_time() {
     let chat = shared();
     let prompts = [
@@ -230,7 +271,15 @@ async fn batched_generation_gives_the_same_greedy_text_as_one_at_a_time() {
     for ((prompt, alone), batched) in prompts.iter().zip(&one_at_a_time).zip(together) {
         let batched = batched.unwrap();
         assert_eq!(batched.message.content, alone.message.content, "{prompt}");
-        assert_eq!(batched.tokens, alone.tokens, "{prompt}");
+        // The same tokens and log-probabilities; only how much of the prompt came from the prefix
+        // cache may differ (the second time a prompt is seen, it is reused).
+        let (batched, alone) = (batched.tokens.unwrap(), alone.tokens.clone().unwrap());
+        assert_eq!(batched.prompt_ids, alone.prompt_ids, "{prompt}");
+        assert_eq!(batched.completion_ids, alone.completion_ids, "{prompt}");
+        assert_eq!(
+            batched.completion_logprobs, alone.completion_logprobs,
+            "{prompt}"
+        );
     }
     let stats = chat.engine().stats();
     assert!(
@@ -281,6 +330,89 @@ async fn the_next_step_of_a_conversation_reuses_its_prefix() {
     assert_eq!(recomputed.reused_prompt_tokens, 0);
     assert_eq!(reused.completion_ids, recomputed.completion_ids);
     assert!(reused.text.contains("Berlin"), "{:?}", reused.text);
+}
+
+/// A ReAct-style episode of `steps` calls: a system prompt and a task, then each reply followed
+/// by a new observation. Returns every response.
+async fn episode(chat: &LocalChat, task: &str, steps: usize) -> Vec<kiln_models::ChatResponse> {
+    let mut messages = vec![
+        Message::system("You are an agent in a house. Be brief. Write one line: Action: <action>"),
+        Message::user(task),
+    ];
+    let mut responses = Vec::new();
+    for step in 0..steps {
+        let response = chat
+            .chat(&ChatRequest {
+                messages: messages.clone(),
+                sampling: greedy(12),
+                stop: vec!["\n".to_string()],
+                ..ChatRequest::default()
+            })
+            .await
+            .unwrap();
+        messages.push(response.message.clone());
+        messages.push(Message::user(format!(
+            "Observation: You arrive at cabinet {step}. On it you see a mug {step}."
+        )));
+        responses.push(response);
+    }
+    responses
+}
+
+#[tokio::test]
+async fn each_step_of_an_episode_computes_only_its_new_prompt_tokens() {
+    let chat = load(EngineConfig::default());
+    let fresh = load(EngineConfig {
+        prefix_cache_bytes: 0,
+        ..EngineConfig::default()
+    });
+    let task = "Your task is to: put a mug in the cabinet.";
+    let cached = episode(&chat, task, 5).await;
+    let recomputed = episode(&fresh, task, 5).await;
+    let records: Vec<_> = cached.iter().map(|r| r.tokens.clone().unwrap()).collect();
+    assert_eq!(records[0].reused_prompt_tokens, 0);
+    for pair in records.windows(2) {
+        let (previous, next) = (&pair[0], &pair[1]);
+        let new_tokens = (next.prompt_ids.len() - previous.prompt_ids.len()) as u64;
+        assert!(
+            next.computed_prompt_tokens() <= new_tokens,
+            "computed {} of a {}-token prompt; {} tokens are new",
+            next.computed_prompt_tokens(),
+            next.prompt_ids.len(),
+            new_tokens
+        );
+        assert!(next.prompt_ids.starts_with(&previous.prompt_ids));
+    }
+    // Reuse changes nothing in the greedy outputs: the same prompts, the same tokens.
+    for (with_cache, without) in cached.iter().zip(&recomputed) {
+        let (a, b) = (
+            with_cache.tokens.as_ref().unwrap(),
+            without.tokens.as_ref().unwrap(),
+        );
+        assert_eq!(a.prompt_ids, b.prompt_ids);
+        assert_eq!(a.completion_ids, b.completion_ids);
+        assert_eq!(b.reused_prompt_tokens, 0);
+    }
+    // Another episode with the same system prompt starts from the shared part of the cache.
+    let other = episode(&chat, "Your task is to: find a key.", 1).await;
+    let first = other[0].tokens.as_ref().unwrap();
+    let system_tokens = chat
+        .encode(
+            &chat
+                .render_prompt(
+                    &[Message::system(
+                        "You are an agent in a house. Be brief. Write one line: Action: <action>",
+                    )],
+                    &[],
+                )
+                .unwrap(),
+        )
+        .len() as u64;
+    assert!(
+        first.reused_prompt_tokens + 8 >= system_tokens,
+        "reused {} tokens; the system prompt has about {system_tokens}",
+        first.reused_prompt_tokens
+    );
 }
 
 #[tokio::test]

@@ -178,6 +178,53 @@ fn hyper_parameters_come_from_the_file() {
     assert_eq!(config.vocab_size, tokenizer.vocab_size());
 }
 
+/// Candidate replies scored as branches of one forward pass over the prompt's cache give the
+/// logits of scoring each alone (from a copy of the same cache), and leave the cache unchanged.
+#[test]
+fn branches_in_one_pass_match_each_branch_alone() {
+    let (tokenizer, model) = load(&Device::Cpu, ForwardMode::Fast);
+    assert!(model.uses_host_path());
+    let tokens = prompt(
+        &tokenizer,
+        "Which room has the fridge? Answer with an action.",
+    );
+    let mut cache = model.new_cache();
+    run(&model, &mut cache, &tokens, LogitsWanted::Last);
+    let candidates: Vec<Vec<u32>> = [
+        "Action: go to fridge 1",
+        "Action: open cabinet 3",
+        "Action: look",
+        "Action: take apple 1 from countertop 2",
+    ]
+    .iter()
+    .map(|text| tokenizer.encode(text, false, false))
+    .collect();
+    let branches: Vec<&[u32]> = candidates.iter().map(Vec::as_slice).collect();
+    let batched = model
+        .forward_branches(&mut cache, &branches)
+        .unwrap()
+        .expect("the CPU fast path runs branches");
+    assert_eq!(cache.len(), tokens.len(), "the cache is left as it was");
+    for (candidate, rows) in candidates.iter().zip(&batched) {
+        let mut alone = model.copy_prefix(&cache, tokens.len()).unwrap();
+        let expected = run(&model, &mut alone, candidate, LogitsWanted::All);
+        assert_eq!(rows.len(), candidate.len());
+        for (position, (got, want)) in rows.iter().zip(&expected).enumerate() {
+            let difference = max_difference(got, want);
+            assert!(
+                difference < 1e-3,
+                "candidate {candidate:?} position {position}: logits differ by {difference}"
+            );
+        }
+    }
+    // The cache still continues the prompt exactly as before.
+    let next = tokenizer.encode("Action:", false, false);
+    let mut copy = model.copy_prefix(&cache, tokens.len()).unwrap();
+    let after = run(&model, &mut cache, &next, LogitsWanted::Last);
+    let reference = run(&model, &mut copy, &next, LogitsWanted::Last);
+    assert!(max_difference(&after[0], &reference[0]) < 1e-4);
+}
+
 kiln_models::test_device!(
     fast_kernels_agree_with_the_differentiable_path,
     fast_kernels_agree_with_the_differentiable_path_cpu,

@@ -69,6 +69,17 @@ pub struct TokenRecord {
     pub prompt_ids: Vec<u32>,
     pub completion_ids: Vec<u32>,
     pub completion_logprobs: Vec<f32>,
+    /// Leading prompt tokens whose keys and values came from the model's prefix cache; the
+    /// other `prompt_ids.len() - reused_prompt_tokens` were computed for this call.
+    #[serde(default)]
+    pub reused_prompt_tokens: u64,
+}
+
+impl TokenRecord {
+    /// Prompt tokens computed for this call (not reused from the prefix cache).
+    pub fn computed_prompt_tokens(&self) -> u64 {
+        (self.prompt_ids.len() as u64).saturating_sub(self.reused_prompt_tokens)
+    }
 }
 
 /// One action and what came back.

@@ -22,6 +22,13 @@
 //! dropped and the candidates sharing the most words with the generated reply are kept (ties keep
 //! the environment's order, so with an empty reply the first `max_candidates` are scored).
 //!
+//! Free-text placeholders (WebShop's `search[...]`) are scored too, filled in with
+//! `fill_placeholders`: the bracketed argument of the reply when it has one (`serch[red shoes]`),
+//! and the segments of the latest observation of at least [`MIN_FILL_WORDS`] words (split at
+//! lines and `[SEP]`; WebShop's instruction is one). So a reply that is no action at all (a chat
+//! message) still becomes the likeliest admissible action, on every page, instead of being sent
+//! as is and looping on "invalid action".
+//!
 //! The chosen action replaces the parsed actions, and the recorded assistant message becomes the
 //! rendered candidate, so the conversation shows the action that was really taken (the raw reply
 //! stays in the step's model turn). Each scored step notes the mode, why it scored, the generated
@@ -37,7 +44,7 @@ use std::collections::BTreeSet;
 
 use async_trait::async_trait;
 use kiln_models::{CandidateScore, ModelErrorKind};
-use kiln_protocol::{Action, Hook, Message};
+use kiln_protocol::{Action, Hook, Message, Role};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::debug;
@@ -77,6 +84,9 @@ pub struct AdmissibleChoiceConfig {
     pub template: String,
     /// Candidates recorded in the step's note, best first.
     pub record_top: usize,
+    /// Score filled-in free-text placeholders (see the module docs); off leaves a reply on a
+    /// page that admits only free text unchanged.
+    pub fill_placeholders: bool,
 }
 
 impl Default for AdmissibleChoiceConfig {
@@ -87,6 +97,7 @@ impl Default for AdmissibleChoiceConfig {
             max_candidates: 32,
             template: "{action}".to_string(),
             record_top: 5,
+            fill_placeholders: true,
         }
     }
 }
@@ -283,6 +294,94 @@ fn words(text: &str) -> BTreeSet<String> {
         .collect()
 }
 
+/// Fewest words an observation segment needs to fill a free-text placeholder: shorter ones are
+/// page furniture (`Search`, `Back to Search`).
+pub const MIN_FILL_WORDS: usize = 3;
+
+/// Most characters of a fill, so one long segment cannot blow up the scored prompt.
+const MAX_FILL_CHARS: usize = 200;
+
+/// Most fills per placeholder.
+const MAX_FILLS: usize = 4;
+
+/// The texts that may fill a free-text placeholder, in order: the bracketed argument of `reply`,
+/// then the segments of `observation` (split at lines and `[SEP]`, labels such as
+/// `Observation:` kept only when the rest is long enough) with at least [`MIN_FILL_WORDS`] words.
+/// Deduplicated ignoring case, each cut to [`MAX_FILL_CHARS`], at most [`MAX_FILLS`].
+pub fn placeholder_fills(reply: &str, observation: &str) -> Vec<String> {
+    let mut fills: Vec<String> = Vec::new();
+    let mut push = |text: &str| {
+        let text: String = text
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace(['[', ']'], "");
+        let text = cut_chars(&text, MAX_FILL_CHARS);
+        if text.is_empty() || text == "..." || fills.len() >= MAX_FILLS {
+            return;
+        }
+        if !fills.iter().any(|fill| fill.eq_ignore_ascii_case(&text)) {
+            fills.push(text);
+        }
+    };
+    if let Some(argument) = bracketed_argument(reply) {
+        push(argument);
+    }
+    for segment in observation.split('\n').flat_map(|line| line.split("[SEP]")) {
+        let segment = segment.trim();
+        let segment = segment
+            .strip_prefix("Observation:")
+            .unwrap_or(segment)
+            .trim();
+        if segment.split_whitespace().count() >= MIN_FILL_WORDS {
+            push(segment);
+        }
+    }
+    fills
+}
+
+/// The text between the first `[` of `text` and the next `]`, when non-empty.
+fn bracketed_argument(text: &str) -> Option<&str> {
+    let (_, rest) = text.split_once('[')?;
+    let (argument, _) = rest.split_once(']')?;
+    let argument = argument.trim();
+    (!argument.is_empty()).then_some(argument)
+}
+
+/// The first `max` characters of `text`, cut back to a word boundary when it was longer.
+fn cut_chars(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max).collect();
+    match cut.rsplit_once(' ') {
+        Some((head, _)) if !head.is_empty() => head.to_string(),
+        _ => cut,
+    }
+}
+
+/// Every free-text placeholder of `admissible` filled with every fill: `search[...]` and
+/// `red shoes` give `search[red shoes]`.
+pub fn fill_placeholders(admissible: &[String], fills: &[String]) -> Vec<String> {
+    let mut seen = BTreeSet::new();
+    admissible
+        .iter()
+        .filter_map(|action| action.strip_suffix(PLACEHOLDER))
+        .filter(|verb| seen.insert(*verb))
+        .flat_map(|verb| fills.iter().map(move |fill| format!("{verb}[{fill}]")))
+        .collect()
+}
+
+/// The content of the last non-assistant message of `prompt`: the latest observation.
+fn latest_observation(prompt: &[Message]) -> &str {
+    prompt
+        .iter()
+        .rev()
+        .find(|message| message.role != Role::Assistant)
+        .map(|message| message.content.as_str())
+        .unwrap_or("")
+}
+
 /// `template` with the action filled in.
 pub fn render_candidate(template: &str, action: &str) -> String {
     template.replace(ACTION_PLACEHOLDER, action)
@@ -352,16 +451,22 @@ impl AdmissibleChoice {
         let hint = generated
             .clone()
             .unwrap_or_else(|| event.response().message.content.clone());
-        let candidates = select_candidates(admissible, &hint, self.config.max_candidates);
+        let mut candidates = select_candidates(admissible, &hint, self.config.max_candidates);
+        if self.config.fill_placeholders {
+            let fills = placeholder_fills(&hint, latest_observation(event.prompt()));
+            let room = self.config.max_candidates.saturating_sub(candidates.len());
+            candidates.extend(fill_placeholders(admissible, &fills).into_iter().take(room));
+        }
         if candidates.is_empty() {
-            // Only free-text placeholders (WebShop's search page): nothing to choose among.
-            event.note(json!({"admissible_choice": "only free-text actions are admissible; action unchanged"}));
+            // Only free-text placeholders and nothing to fill them with.
+            event.note(json!({"admissible_choice": "only free-text actions are admissible and nothing fills them; action unchanged"}));
             return;
         }
         let rendered: Vec<String> = candidates
             .iter()
             .map(|action| render_candidate(&self.config.template, action))
             .collect();
+        let scoring_started = std::time::Instant::now();
         let scores = match scorer.score(event.prompt(), &rendered).await {
             Ok(scores) => scores,
             Err(error) if error.kind() == ModelErrorKind::Unavailable => {
@@ -391,6 +496,8 @@ impl AdmissibleChoice {
             }));
             return;
         }
+        let score_ms = scoring_started.elapsed().as_millis() as u64;
+        let scored_tokens: usize = scores.iter().map(|score| score.tokens).sum();
         let ranked = rank(&candidates, &scores, self.config.normalize);
         let Some(best) = ranked.first() else {
             return;
@@ -415,6 +522,8 @@ impl AdmissibleChoice {
                 "changed": changed,
                 "admissible": admissible.len(),
                 "scored": candidates.len(),
+                "scored_tokens": scored_tokens,
+                "score_ms": score_ms,
                 "top": ranked.iter().take(self.config.record_top).collect::<Vec<_>>(),
             }
         }));
@@ -618,6 +727,29 @@ mod tests {
         let error =
             parse_config::<AdmissibleChoiceConfig>(&json!({"mode": "sometimes"})).unwrap_err();
         assert_eq!(error.field, "mode");
+    }
+
+    #[test]
+    fn placeholders_are_filled_from_the_reply_argument_and_long_observation_segments() {
+        let observation = "Observation: WebShop [SEP] Instruction: [SEP] i need a red dress under 30 dollars [SEP] Search";
+        assert_eq!(
+            placeholder_fills("I'm sorry for the confusion.", observation),
+            ["i need a red dress under 30 dollars"]
+        );
+        assert_eq!(
+            placeholder_fills("Action: serch[ red  dress ]", observation),
+            ["red dress", "i need a red dress under 30 dollars"]
+        );
+        // The placeholder copied back and page furniture fill nothing.
+        assert!(placeholder_fills("search[...]", "WebShop [SEP] Search").is_empty());
+        let long = "word ".repeat(100);
+        let fills = placeholder_fills("", &long);
+        assert!(fills[0].chars().count() <= MAX_FILL_CHARS && fills[0].ends_with("word"));
+        let admissible = actions(&["search[...]", "click[back]", "search[...]"]);
+        assert_eq!(
+            fill_placeholders(&admissible, &actions(&["red dress", "blue hat"])),
+            ["search[red dress]", "search[blue hat]"]
+        );
     }
 
     #[test]

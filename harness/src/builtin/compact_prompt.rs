@@ -17,6 +17,12 @@
 //!      separated from its results, whether the messages are native or already turned into text
 //!      by `tool_catalogue`. When turns were dropped, `omitted_marker` is appended to the last
 //!      head message so the model knows history is missing.
+//!   3. the number of dropped turns is rounded up to a multiple of `trim_chunk_turns` (still
+//!      keeping `min_turns`). With chunks of n turns the kept prompt keeps the same beginning for
+//!      about n steps, so a model server's prefix cache reuses everything but the new turn;
+//!      dropping one turn per step would change the prompt right after the head at every step.
+//!   4. `stop` is added to the request's stop sequences (`["\n"]`: a reply is one action line,
+//!      so it cannot run on by echoing the observation).
 //!
 //! A step whose request was shortened gets a note with what was cut.
 
@@ -54,6 +60,11 @@ pub struct CompactPromptConfig {
     /// Caps the tokens one reply may generate (0: the model spec's limit). A compact step is one
     /// short action; a small model that does not stop would otherwise run to the spec's limit.
     pub max_completion_tokens: u32,
+    /// Turns are dropped in multiples of this many (1: one at a time), so the prompt's beginning
+    /// stays the same for several steps.
+    pub trim_chunk_turns: usize,
+    /// Stop sequences added to every request (a reply ends at the first one).
+    pub stop: Vec<String>,
 }
 
 impl Default for CompactPromptConfig {
@@ -69,6 +80,8 @@ impl Default for CompactPromptConfig {
             min_turns: 1,
             omitted_marker: "[{count} earlier turns omitted]".to_string(),
             max_completion_tokens: 0,
+            trim_chunk_turns: 1,
+            stop: Vec::new(),
         }
     }
 }
@@ -77,6 +90,15 @@ impl ProcessorConfig for CompactPromptConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.template.trim().is_empty() {
             return Err(ConfigError::new("template", "must not be empty"));
+        }
+        if self.trim_chunk_turns == 0 {
+            return Err(ConfigError::new(
+                "trim_chunk_turns",
+                "must be at least 1 (turns are dropped one at a time with 1)",
+            ));
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return Err(ConfigError::new("stop", "stop sequences must not be empty"));
         }
         if self.min_turns == 0 {
             return Err(ConfigError::new(
@@ -322,6 +344,11 @@ pub fn compact(
             }
         }
     }
+    dropped = chunked(
+        dropped,
+        config.trim_chunk_turns,
+        turns.len().saturating_sub(config.min_turns),
+    );
     report.dropped_turns = dropped;
     if dropped > 0 {
         mark_omitted(&mut head, config, dropped);
@@ -333,6 +360,18 @@ pub fn compact(
     report.chars_after = kept.iter().map(message_chars).sum();
     report.over_budget = config.max_chars > 0 && report.chars_after > config.max_chars;
     (kept, report)
+}
+
+/// `dropped` rounded up to a multiple of `chunk`, but never past `droppable`.
+pub fn chunked(dropped: usize, chunk: usize, droppable: usize) -> usize {
+    if dropped == 0 || chunk <= 1 {
+        return dropped;
+    }
+    dropped
+        .div_ceil(chunk)
+        .saturating_mul(chunk)
+        .min(droppable)
+        .max(dropped)
 }
 
 fn omitted_marker_text(config: &CompactPromptConfig, count: usize) -> String {
@@ -397,6 +436,11 @@ impl Processor for CompactPrompt {
         let cap = self.config.max_completion_tokens;
         if cap > 0 && event.sampling().max_tokens > cap {
             event.sampling_mut().max_tokens = cap;
+        }
+        for stop in &self.config.stop {
+            if !event.stop_sequences().contains(stop) {
+                event.stop_sequences_mut().push(stop.clone());
+            }
         }
         let (compacted, report) = compact(event.messages(), &self.config);
         if !report.changed() {
@@ -584,6 +628,98 @@ mod tests {
             event.system_prompt().unwrap(),
             "Agent in test-env.\nFollow …[12 characters cut]\nTools:\nlookup(id?: string) — Does lookup.\nCall a tool with: Action: tool_name[{\"arg\":\"value\"}]"
         );
+    }
+
+    /// The request messages of every step of a growing ReAct-text episode: a head, then one
+    /// assistant action and one observation per step.
+    fn prompts_over_steps(config: &CompactPromptConfig, steps: usize) -> Vec<Vec<Message>> {
+        let mut conversation = vec![
+            Message::system("You are an agent."),
+            Message::user("Your task is to: put a clean apple in the fridge."),
+        ];
+        let mut prompts = Vec::new();
+        for step in 0..steps {
+            prompts.push(compact(&conversation, config).0);
+            conversation.push(Message::assistant(format!("Action: go to cabinet {step}")));
+            conversation.push(Message::user(format!(
+                "Observation: You arrive at cabinet {step}. It is closed.{}",
+                " ".repeat(step % 7)
+            )));
+        }
+        prompts
+    }
+
+    /// Steps whose prompt does not start with the whole previous prompt.
+    fn prefix_breaks(prompts: &[Vec<Message>]) -> usize {
+        prompts
+            .windows(2)
+            .filter(|pair| !pair[1].starts_with(&pair[0]))
+            .count()
+    }
+
+    #[test]
+    fn chunked_trimming_keeps_the_prompt_prefix_stable() {
+        let one_at_a_time = config(600);
+        let chunked = CompactPromptConfig {
+            trim_chunk_turns: 8,
+            ..config(600)
+        };
+        let steps = 60;
+        let single = prompts_over_steps(&one_at_a_time, steps);
+        let batched = prompts_over_steps(&chunked, steps);
+        // Both stay within budget (the latest turns fit easily).
+        for prompt in single.iter().chain(&batched) {
+            assert!(prompt.iter().map(message_chars).sum::<usize>() <= 600);
+        }
+        let single_breaks = prefix_breaks(&single);
+        let batched_breaks = prefix_breaks(&batched);
+        // One turn at a time: once over budget, nearly every step changes the prompt's beginning.
+        assert!(single_breaks >= 40, "{single_breaks}");
+        // In chunks of 8: at most one break per 8 steps.
+        assert!(
+            batched_breaks <= steps.div_ceil(8),
+            "{batched_breaks} breaks in {steps} steps"
+        );
+        // The head (system prompt and task) always leads.
+        for prompt in &batched {
+            assert_eq!(prompt[0].content, "You are an agent.");
+            assert!(prompt[1].content.starts_with("Your task is to:"));
+        }
+    }
+
+    #[test]
+    fn chunks_round_the_drop_up_but_keep_the_latest_turns() {
+        assert_eq!(chunked(0, 8, 20), 0);
+        assert_eq!(chunked(1, 8, 20), 8);
+        assert_eq!(chunked(8, 8, 20), 8);
+        assert_eq!(chunked(9, 8, 20), 16);
+        assert_eq!(chunked(9, 8, 12), 12);
+        assert_eq!(chunked(5, 1, 20), 5);
+    }
+
+    #[tokio::test]
+    async fn configured_stop_sequences_are_added_to_the_request_once() {
+        let env = env_with_tools(&[]);
+        let task = task();
+        let conversation = vec![Message::user("Your task is to: look.")];
+        let ctx = crate::events::StepContext::new(&task, &env, 0, &conversation);
+        let mut event = BeforeModelEvent::new(
+            ctx,
+            Vec::new(),
+            SamplingParams::default(),
+            vec!["\n".to_string()],
+        );
+        let mut processor = kind()
+            .instantiate(&json!({"stop": ["\n", "Observation:"]}))
+            .unwrap();
+        processor.before_model(&mut event).await.unwrap();
+        assert_eq!(event.stop_sequences(), ["\n", "Observation:"]);
+        let error = kind().normalize_config(&json!({"stop": [""]})).unwrap_err();
+        assert_eq!(error.field, "stop");
+        let error = kind()
+            .normalize_config(&json!({"trim_chunk_turns": 0}))
+            .unwrap_err();
+        assert_eq!(error.field, "trim_chunk_turns");
     }
 
     #[test]

@@ -22,6 +22,10 @@ pub struct SequenceView<'a> {
     pub past: usize,
     /// Tokens of this sequence in the batch.
     pub new_tokens: usize,
+    /// Branches (candidate scoring): for each new token, the index among the new tokens where
+    /// its branch starts. A token then sees the past and its own branch up to itself, never the
+    /// other branches. `None`: one causal sequence (every branch starts at 0).
+    pub branch_start: Option<&'a [usize]>,
 }
 
 /// Attention geometry.
@@ -103,7 +107,11 @@ fn attend_group(
     } = geometry;
     let group = heads / kv_heads;
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let visible = sequence.past + token + 1;
+    let own_start = sequence.branch_start.map_or(0, |starts| starts[token]);
+    let past = sequence.past;
+    // The rows this token sees: the whole past, then its branch up to itself.
+    let rows = (0..past).chain(past + own_start..=past + token);
+    let visible = past + token + 1 - own_start;
     let row_len = kv_heads * head_dim;
     let offset = kv_head * head_dim;
     let query_start = (token * heads + kv_head * group) * head_dim;
@@ -111,8 +119,8 @@ fn attend_group(
     // scores[g * visible + position]
     scores.clear();
     scores.resize(group * visible, 0.0);
-    for position in 0..visible {
-        let start = position * row_len + offset;
+    for (position, row) in rows.clone().enumerate() {
+        let start = row * row_len + offset;
         let key = &sequence.keys[start..start + head_dim];
         for (g, query) in queries.chunks_exact(head_dim).enumerate() {
             scores[g * visible + position] = dot(query, key) * scale;
@@ -122,8 +130,8 @@ fn attend_group(
         softmax_in_place(&mut scores[g * visible..(g + 1) * visible]);
     }
     out.fill(0.0);
-    for position in 0..visible {
-        let start = position * row_len + offset;
+    for (position, row) in rows.enumerate() {
+        let start = row * row_len + offset;
         let value = &sequence.values[start..start + head_dim];
         for (g, output) in out.chunks_exact_mut(head_dim).enumerate() {
             let weight = scores[g * visible + position];
@@ -245,6 +253,7 @@ mod tests {
                 values: v,
                 past: *past,
                 new_tokens: *new,
+                branch_start: None,
             })
             .collect();
         let mut out = vec![0f32; 7 * 6 * 16];

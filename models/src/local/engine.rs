@@ -170,6 +170,10 @@ pub struct EngineStats {
     pub forward_passes: AtomicU64,
     /// Largest number of sequences in one forward pass.
     pub max_batch_seen: AtomicU64,
+    /// Candidate tokens fed when scoring (a candidate's last token is only read off the logits).
+    pub candidate_tokens_computed: AtomicU64,
+    /// Scoring requests whose candidates went through one forward pass together.
+    pub batched_scores: AtomicU64,
 }
 
 enum Job {
@@ -636,12 +640,66 @@ impl Worker {
         self.stats
             .prompt_tokens_computed
             .fetch_add((prompt.len() - reused) as u64, Ordering::Relaxed);
-        let mut scores = Vec::with_capacity(candidates.len());
-        for candidate in candidates {
-            scores.push(self.score_candidate(&mut cache, &last_logits, candidate, prompt.len())?);
-        }
+        let scores = match self.score_branches(&mut cache, &last_logits, candidates) {
+            Some(scores) => scores?,
+            None => {
+                let mut scores = Vec::with_capacity(candidates.len());
+                for candidate in candidates {
+                    scores.push(self.score_candidate(
+                        &mut cache,
+                        &last_logits,
+                        candidate,
+                        prompt.len(),
+                    )?);
+                }
+                scores
+            }
+        };
         self.keep_cache(prompt, cache);
         Ok(scores)
+    }
+
+    /// Every candidate in one forward pass over the prompt's cache, as branches
+    /// ([`LlamaModel::forward_branches`]). `None` when the model cannot (off the host path) or
+    /// the branches together do not fit in the context: the caller scores them one at a time.
+    fn score_branches(
+        &mut self,
+        cache: &mut KvCache,
+        prompt_logits: &[f32],
+        candidates: &[Vec<TokenId>],
+    ) -> Option<Result<Vec<Vec<f32>>, EngineError>> {
+        // A candidate's last token is only scored, never fed.
+        let branches: Vec<&[TokenId]> = candidates
+            .iter()
+            .map(|candidate| &candidate[..candidate.len().saturating_sub(1)])
+            .collect();
+        let rows = match self.model.forward_branches(cache, &branches) {
+            Ok(Some(rows)) => rows,
+            Ok(None) => return None,
+            Err(error) if error.kind() == LlamaErrorKind::ContextOverflow => return None,
+            Err(error) => return Some(Err(error.into())),
+        };
+        let fed: usize = branches.iter().map(|branch| branch.len()).sum();
+        self.stats
+            .candidate_tokens_computed
+            .fetch_add(fed as u64, Ordering::Relaxed);
+        self.stats.batched_scores.fetch_add(1, Ordering::Relaxed);
+        Some(Ok(candidates
+            .iter()
+            .zip(rows)
+            .map(|(candidate, rows)| {
+                let Some((&first, rest)) = candidate.split_first() else {
+                    return Vec::new();
+                };
+                let mut logprobs = vec![log_probability(prompt_logits, first)];
+                logprobs.extend(
+                    rows.iter()
+                        .zip(rest)
+                        .map(|(row, &next)| log_probability(row, next)),
+                );
+                logprobs
+            })
+            .collect()))
     }
 
     fn score_candidate(

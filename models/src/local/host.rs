@@ -45,6 +45,24 @@ pub(super) fn forward(
     inputs: &mut [SequenceInput<'_>],
     spans: &[Span],
 ) -> Result<Vec<Vec<Vec<f32>>>, LlamaError> {
+    forward_with(model, inputs, spans, None)
+}
+
+/// Branches of one sequence computed in one pass (see [`LlamaModel::forward_branches`]): per new
+/// token, where its branch starts among the new tokens, and its position.
+pub(super) struct Branches<'a> {
+    pub(super) start: &'a [usize],
+    pub(super) positions: &'a [usize],
+}
+
+/// [`forward`], or with `branches` (one input only) the new tokens as independent branches after
+/// the same past.
+pub(super) fn forward_with(
+    model: &LlamaModel,
+    inputs: &mut [SequenceInput<'_>],
+    spans: &[Span],
+    branches: Option<Branches<'_>>,
+) -> Result<Vec<Vec<Vec<f32>>>, LlamaError> {
     let config = &model.config;
     let hidden_width = config.embedding_length;
     let total: usize = spans.iter().map(|span| span.len).sum();
@@ -59,12 +77,25 @@ pub(super) fn forward(
         delta: vec![0f32; total * hidden_width],
         activated: vec![0f32; total * config.feed_forward_length],
     };
-    let positions: Vec<usize> = spans
-        .iter()
-        .flat_map(|span| span.past..span.past + span.len)
-        .collect();
+    let positions: Vec<usize> = match &branches {
+        Some(branches) => branches.positions.to_vec(),
+        None => spans
+            .iter()
+            .flat_map(|span| span.past..span.past + span.len)
+            .collect(),
+    };
+    let branch_start = branches.as_ref().map(|branches| branches.start);
     for (index, layer) in model.layers.iter().enumerate() {
-        layer_forward(model, layer, index, inputs, spans, &positions, &mut scratch)?;
+        layer_forward(
+            model,
+            layer,
+            index,
+            inputs,
+            spans,
+            &positions,
+            branch_start,
+            &mut scratch,
+        )?;
     }
     for (input, span) in inputs.iter_mut().zip(spans) {
         input.cache.len = span.past + span.len;
@@ -103,6 +134,7 @@ fn layer_forward(
     inputs: &mut [SequenceInput<'_>],
     spans: &[Span],
     positions: &[usize],
+    branch_start: Option<&[usize]>,
     scratch: &mut Scratch,
 ) -> Result<(), LlamaError> {
     let config = &model.config;
@@ -142,7 +174,7 @@ fn layer_forward(
             let slot = (span.past + offset) * kv_width..(span.past + offset + 1) * kv_width;
             let key = &mut keys[slot.clone()];
             key.copy_from_slice(&fused[q_width..q_width + kv_width]);
-            rope.apply(key, span.past + offset);
+            rope.apply(key, positions[row]);
             values[slot].copy_from_slice(&fused[q_width + kv_width..]);
             row += 1;
         }
@@ -162,6 +194,7 @@ fn layer_forward(
                 values: &values[..visible],
                 past: span.past,
                 new_tokens: span.len,
+                branch_start,
             }
         })
         .collect();

@@ -571,6 +571,61 @@ impl LlamaModel {
         self.logits(&hidden, inputs, &spans)
     }
 
+    /// Runs several branches after the same cached past in one pass (scoring candidate replies
+    /// to one prompt): each branch sees the past and its own earlier tokens, never the others',
+    /// and its positions start right after the past, so its logits are those of a forward of that
+    /// branch alone. Returns one `vocab`-long row per branch token, per branch; the cache is
+    /// left as it was. `None` off the host path (the caller runs the branches one at a time).
+    /// The branches together must fit in the context after the past.
+    pub fn forward_branches(
+        &self,
+        cache: &mut KvCache,
+        branches: &[&[TokenId]],
+    ) -> Result<Option<Vec<Vec<Vec<f32>>>>, LlamaError> {
+        if !self.uses_host_path() {
+            return Ok(None);
+        }
+        let tokens: Vec<TokenId> = branches.concat();
+        if tokens.is_empty() {
+            return Ok(Some(branches.iter().map(|_| Vec::new()).collect()));
+        }
+        let past = cache.len;
+        let mut start = Vec::with_capacity(tokens.len());
+        let mut positions = Vec::with_capacity(tokens.len());
+        let mut offset = 0;
+        for branch in branches {
+            for index in 0..branch.len() {
+                start.push(offset);
+                positions.push(past + index);
+            }
+            offset += branch.len();
+        }
+        let mut inputs = [SequenceInput {
+            tokens: &tokens,
+            cache,
+            logits: LogitsWanted::All,
+        }];
+        let spans = self.prepare(&mut inputs)?;
+        let rows = super::host::forward_with(
+            self,
+            &mut inputs,
+            &spans,
+            Some(super::host::Branches {
+                start: &start,
+                positions: &positions,
+            }),
+        );
+        // The branch rows were written past the cache's end; dropping them restores it.
+        inputs[0].cache.len = past;
+        let mut rows = rows?.remove(0).into_iter();
+        Ok(Some(
+            branches
+                .iter()
+                .map(|branch| rows.by_ref().take(branch.len()).collect())
+                .collect(),
+        ))
+    }
+
     /// Checks every sequence fits in the context and reserves cache room for its new tokens.
     fn prepare(&self, inputs: &mut [SequenceInput<'_>]) -> Result<Vec<Span>, LlamaError> {
         let mut spans = Vec::with_capacity(inputs.len());
