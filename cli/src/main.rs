@@ -64,6 +64,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => commands::worker::worker(args).await,
         Command::Coordinator(args) => commands::coordinator::coordinator(args).await,
         Command::Report { dir } => commands::report::report(&dir).map(|()| ExitCode::SUCCESS),
+        Command::Train(args) => commands::train::train(args).await,
     }
 }
 

@@ -8,4 +8,5 @@ pub mod harness;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod train;
 pub mod worker;
