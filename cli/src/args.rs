@@ -52,6 +52,9 @@ pub enum Command {
         /// The run directory (`runs/<run-id>` or an `--out` directory).
         dir: PathBuf,
     },
+    /// Train the embedded model with cross-harness GRPO on recorded runs (LoRA adapters by
+    /// default); writes `metrics.jsonl` and checkpoints (`<out>/<id>/adapter.safetensors`).
+    Train(TrainArgs),
     /// AEGIS harness evolution.
     #[command(subcommand)]
     Evolve(EvolveCommand),
@@ -258,4 +261,77 @@ pub struct GenerateArgs {
     pub system: Option<String>,
     /// The user message.
     pub prompt: String,
+}
+
+/// `kiln train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Run directories to train on (each one a round of the replay buffer, oldest first); their
+    /// episodes need token records from a local model.
+    #[arg(long, required = true, num_args = 1..)]
+    pub runs: Vec<PathBuf>,
+    /// Output directory: `metrics.jsonl` and checkpoint directories.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Base model the runs were sampled from: `local:smollm2` or `local:/path/model.gguf`.
+    #[arg(long, default_value = "local:smollm2")]
+    pub model: String,
+    /// GRPO optimizer steps, each on the whole buffer.
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// LoRA rank; 0 trains every weight (f32 master weights, ≈ 2 GiB for SmolLM2).
+    #[arg(long, default_value_t = 16)]
+    pub lora_rank: usize,
+    /// LoRA alpha [default: twice the rank].
+    #[arg(long)]
+    pub lora_alpha: Option<f64>,
+    /// LoRA target projections: `all` or a list of q,k,v,o,gate,up,down.
+    #[arg(long, default_value = "all")]
+    pub lora_targets: String,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Lower clip ε of the ratio.
+    #[arg(long, default_value_t = 0.2)]
+    pub clip_low: f64,
+    /// Upper clip ε of the ratio (DAPO clip-higher: 0.28).
+    #[arg(long, default_value_t = 0.2)]
+    pub clip_high: f64,
+    /// Loss aggregation: token-mean, sequence-mean, or constant:L (Dr. GRPO).
+    #[arg(long, default_value = "token-mean")]
+    pub aggregation: String,
+    /// k3 KL coefficient to the base model (0: no reference pass).
+    #[arg(long, default_value_t = 0.0)]
+    pub kl_beta: f64,
+    /// Truncated importance sampling cap for rollout/trainer mismatch (none: ratio against the
+    /// recorded behaviour logprobs).
+    #[arg(long)]
+    pub tis_cap: Option<f64>,
+    /// The rollouts' sampling temperature (logits are divided by it).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Global gradient-norm clip.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
+    /// Model turns per backward pass (gradient accumulation).
+    #[arg(long, default_value_t = 4)]
+    pub micro_batch: usize,
+    /// Replay buffer capacity in episodes.
+    #[arg(long, default_value_t = 4096)]
+    pub buffer: usize,
+    /// Rounds (run directories) an episode stays in the buffer.
+    #[arg(long)]
+    pub staleness: Option<u64>,
+    /// Model turns longer than this many tokens are left out (attention memory is quadratic).
+    #[arg(long, default_value_t = 2048)]
+    pub max_segment_tokens: usize,
+    /// A checkpoint every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: usize,
+    /// Continue from a checkpoint directory.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
 }

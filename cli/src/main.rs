@@ -66,6 +66,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Coordinator(args) => commands::coordinator::coordinator(args).await,
         Command::Report { dir } => commands::report::report(&dir).map(|()| ExitCode::SUCCESS),
         Command::Evolve(EvolveCommand::Check(args)) => commands::evolve_check::check(args),
+        Command::Train(args) => commands::train::train(args).await,
     }
 }
 

@@ -9,4 +9,5 @@ pub mod harness;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod train;
 pub mod worker;
