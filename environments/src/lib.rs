@@ -20,6 +20,7 @@ pub mod faults;
 pub mod gaia;
 pub mod tau2;
 pub mod webshop;
+pub mod wiki;
 
 /// What went wrong in an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
