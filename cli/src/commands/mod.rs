@@ -3,9 +3,11 @@
 pub mod cluster;
 pub mod coordinator;
 pub mod envs;
+pub mod gaia;
 pub mod generate;
 pub mod harness;
 pub mod report;
 pub mod run;
 pub mod sandbox;
+pub mod wiki;
 pub mod worker;
