@@ -47,6 +47,12 @@ pub enum Command {
     /// Execute the runs submitted to a NATS cluster (`kiln run --nats`); resumes unfinished runs
     /// when restarted.
     Coordinator(CoordinatorArgs),
+    /// GAIA: score a submission file against a dataset.
+    #[command(subcommand)]
+    Gaia(GaiaCommand),
+    /// A local wiki speaking the MediaWiki API (for GAIA-style web tools).
+    #[command(subcommand)]
+    Wiki(WikiCommand),
     /// Regenerate `report.md` of a run directory and print its summary.
     Report {
         /// The run directory (`runs/<run-id>` or an `--out` directory).
@@ -236,6 +242,37 @@ pub enum HarnessCommand {
     },
     /// Processor-level differences from the first file to the second.
     Diff { before: PathBuf, after: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GaiaCommand {
+    /// Score a submission (JSON lines `{"task_id", "model_answer", "reasoning_trace"}`) with the
+    /// official scorer: accuracy overall and per level.
+    Score {
+        /// The submission file.
+        #[arg(long)]
+        submission: PathBuf,
+        /// The GAIA dataset (a folder with metadata.jsonl or metadata.parquet, or with
+        /// validation/ and test/ folders holding them).
+        #[arg(long)]
+        dataset: PathBuf,
+        /// Print one JSON line per task, `{"task_id", "correct"}`, instead of the summary.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WikiCommand {
+    /// Serve a corpus (JSON lines of pages, or a folder with pages.jsonl): the MediaWiki API at
+    /// `/w/api.php`, article pages at `/wiki/TITLE`.
+    Serve {
+        /// The corpus.
+        corpus: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8088")]
+        bind: String,
+    },
 }
 
 /// `kiln generate`.

@@ -64,6 +64,8 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Harness(command) => commands::harness::harness(command),
         Command::Worker(args) => commands::worker::worker(args).await,
         Command::Coordinator(args) => commands::coordinator::coordinator(args).await,
+        Command::Gaia(command) => commands::gaia::gaia(command),
+        Command::Wiki(command) => commands::wiki::wiki(command).await,
         Command::Report { dir } => commands::report::report(&dir).map(|()| ExitCode::SUCCESS),
         Command::Evolve(EvolveCommand::Check(args)) => commands::evolve_check::check(args),
         Command::Train(args) => commands::train::train(args).await,

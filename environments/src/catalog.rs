@@ -13,8 +13,8 @@ use crate::tau2::env::{Tau2Factory, env_id};
 use crate::webshop::WebShopFactory;
 use crate::{EnvContext, EnvError, EnvErrorKind, EnvironmentFactory};
 
-/// Every environment id, in listing order (AgentGym servers, `agentgym:<name>@<url>`, are not
-/// listed: they need a URL).
+/// Every environment id, in listing order (AgentGym servers, `agentgym:<name>@<url>`, and GAIA
+/// datasets, `gaia:PATH`, are not listed: they need a URL or a path).
 pub fn known_ids() -> Vec<&'static str> {
     let mut ids: Vec<&'static str> = TAU2_DOMAINS.iter().map(|domain| env_id(*domain)).collect();
     ids.push(alfworld::ENV_ID);
@@ -47,6 +47,9 @@ pub fn open(
 ) -> Result<Arc<dyn EnvironmentFactory>, EnvError> {
     if agentgym::is_agentgym(env_id_wanted) {
         return agentgym::open(env_id_wanted);
+    }
+    if crate::gaia::is_gaia(env_id_wanted) {
+        return Ok(Arc::new(crate::gaia::GaiaFactory::open(env_id_wanted)?));
     }
     if env_id_wanted == alfworld::ENV_ID {
         let factory = AlfworldFactory::new(ctx);

@@ -18,8 +18,10 @@ pub mod catalog;
 pub mod env_server;
 pub mod faults;
 pub mod options;
+pub mod gaia;
 pub mod tau2;
 pub mod webshop;
+pub mod wiki;
 
 /// What went wrong in an environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

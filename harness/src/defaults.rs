@@ -19,11 +19,16 @@ pub const SMALL_MODEL_TOML: &str = include_str!("../../harnesses/small-model.tom
 /// processor with this text as `source`.
 pub const LOOP_BREAKER_RHAI: &str = include_str!("../../harnesses/scripts/loop-breaker.rhai");
 
-/// The built-in harness files by name (`tau2`, `react-text`, `small-model`) and their TOML text.
-pub const BUILTIN_HARNESSES: [(&str, &str); 3] = [
+/// `harnesses/gaia.toml`: GAIA (official system prompt, native tools with a text fallback).
+pub const GAIA_TOML: &str = include_str!("../../harnesses/gaia.toml");
+
+/// The built-in harness files by name (`tau2`, `react-text`, `small-model`, `gaia`) and their
+/// TOML text.
+pub const BUILTIN_HARNESSES: [(&str, &str); 4] = [
     ("tau2", TAU2_TOML),
     ("react-text", REACT_TEXT_TOML),
     ("small-model", SMALL_MODEL_TOML),
+    ("gaia", GAIA_TOML),
 ];
 
 /// A built-in harness by name.
@@ -34,10 +39,14 @@ pub fn builtin_harness(name: &str) -> Option<HarnessSpec> {
     Some(parse_builtin(text))
 }
 
-/// The harness a run uses when none is given: `tau2` for τ² environments, `react-text` otherwise.
+/// The harness a run uses when none is given: `tau2` for τ² environments, `gaia` for GAIA
+/// datasets (`gaia:PATH`), `react-text` otherwise.
 pub fn default_for_env(env_id: &str) -> HarnessSpec {
     if env_id.starts_with("tau2") {
         return parse_builtin(TAU2_TOML);
+    }
+    if env_id.starts_with("gaia:") {
+        return parse_builtin(GAIA_TOML);
     }
     parse_builtin(REACT_TEXT_TOML)
 }
@@ -99,6 +108,7 @@ mod tests {
         assert_eq!(default_for_env("tau2-retail").name, "tau2");
         assert_eq!(default_for_env("tau2-airline").name, "tau2");
         assert_eq!(default_for_env("alfworld").name, "react-text");
+        assert_eq!(default_for_env("gaia:/data/gaia").name, "gaia");
     }
 
     #[test]

@@ -350,6 +350,13 @@ async fn prepare(request: RunRequest) -> anyhow::Result<PreparedRun> {
 /// The split a run uses without `--split`: the environment's own held-out default (`test`; ALFWorld
 /// `valid_unseen`). Factories are lazy, so this loads no data.
 fn default_split(env: &str) -> String {
+    // GAIA datasets are not listed (they need a path); theirs is `validation` when present.
+    let gaia = kiln_environments::gaia::is_gaia(env)
+        .then(|| catalog::open(env, &EnvContext::default()).ok())
+        .flatten();
+    if let Some(factory) = gaia {
+        return factory.default_split().to_string();
+    }
     catalog::factories(&EnvContext::default())
         .into_iter()
         .find(|factory| factory.id() == env)
@@ -590,6 +597,7 @@ async fn execute(
     }
     let _ = worker.await;
     let (config, stats) = write_run_report(&dir)?;
+    crate::commands::gaia::write_run_submission(&dir, &config)?;
     println!("{}", render_summary(&config, &stats, &dir));
     Ok(ExitCode::SUCCESS)
 }
@@ -657,6 +665,7 @@ async fn execute_on_cluster(
         Err(message) => anyhow::bail!("the coordinator failed run {run_id}: {message}"),
     }
     let (config, stats) = write_run_report(&dir)?;
+    crate::commands::gaia::write_run_submission(&dir, &config)?;
     println!("{}", render_summary(&config, &stats, &dir));
     Ok(ExitCode::SUCCESS)
 }
