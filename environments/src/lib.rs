@@ -17,6 +17,7 @@ pub mod alfworld;
 pub mod catalog;
 pub mod env_server;
 pub mod faults;
+pub mod swebench;
 pub mod tau2;
 pub mod webshop;
 
