@@ -19,6 +19,7 @@ pub mod env_server;
 pub mod faults;
 pub mod options;
 pub mod gaia;
+pub mod swebench;
 pub mod tau2;
 pub mod webshop;
 pub mod wiki;
