@@ -20,7 +20,8 @@ use kiln_harness::{HarnessSpec, ProcessorRegistry};
 use serde::{Deserialize, Serialize};
 
 use crate::candidate::Bucket;
-use crate::stats::{self, BootstrapResult, SplitMix64};
+use crate::rng::Rng;
+use crate::stats::{self, BootstrapResult};
 
 /// Which aggregate paired test the gate runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,12 +263,12 @@ pub fn calibrate(round0: &[AaTask], config: &GateConfig) -> Calibration {
 }
 
 /// Draws `n` Bernoulli(`p`) attempts.
-fn draw(rng: &mut SplitMix64, p: f64, n: u32) -> Vec<bool> {
+fn draw(rng: &mut Rng, p: f64, n: u32) -> Vec<bool> {
     (0..n).map(|_| rng.bernoulli(p)).collect()
 }
 
 /// One simulated no-op round: parent and child both drawn from the calibrated rates.
-pub fn simulate_null_round(calibration: &Calibration, rng: &mut SplitMix64) -> Vec<PairedTask> {
+pub fn simulate_null_round(calibration: &Calibration, rng: &mut Rng) -> Vec<PairedTask> {
     calibration
         .tasks
         .iter()
@@ -281,7 +282,7 @@ pub fn simulate_null_round(calibration: &Calibration, rng: &mut SplitMix64) -> V
 
 fn null_gain_quantile(calibration: &Calibration, quantile: f64) -> f64 {
     let rounds = calibration.config.calibration_rounds.max(1);
-    let mut rng = SplitMix64::new(calibration.config.seed ^ 0x5EED_6A1E);
+    let mut rng = Rng::new(calibration.config.seed ^ 0x5EED_6A1E);
     let mut gains: Vec<f64> = (0..rounds)
         .map(|_| mean_gain(&simulate_null_round(calibration, &mut rng)))
         .collect();
@@ -295,7 +296,7 @@ pub fn simulate_no_op_accept_rate(calibration: &Calibration, rounds: usize, seed
     if rounds == 0 {
         return 0.0;
     }
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::new(seed);
     let accepted = (0..rounds)
         .filter(|_| {
             let input =

@@ -45,6 +45,17 @@ impl Rng {
         self.next_u64() >> 11
     }
 
+    /// Uniform in `[0, 1)` (53 random bits), for simulations and bootstraps (decisions that must
+    /// stay exact use [`Rng::unit`]).
+    pub fn next_f64(&mut self) -> f64 {
+        self.unit() as f64 / (1u64 << 53) as f64
+    }
+
+    /// A Bernoulli(`p`) draw.
+    pub fn bernoulli(&mut self, p: f64) -> bool {
+        self.next_f64() < p
+    }
+
     /// Fisher–Yates shuffle.
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for index in (1..items.len()).rev() {

@@ -5,6 +5,7 @@
 //! stored outcomes bit for bit (`kiln evolve replay`). Small-n inference never uses a normal
 //! approximation: intervals are Wilson's, the paired test is exact.
 
+use crate::rng::Rng;
 use serde::{Deserialize, Serialize};
 
 /// z for a two-sided 95% interval.
@@ -101,42 +102,6 @@ pub fn mcnemar_exact(b: u64, c: u64) -> f64 {
     (2.0 * tail).min(1.0)
 }
 
-/// SplitMix64: a tiny deterministic generator, so simulations and bootstraps are reproducible from
-/// a seed on every platform without a dependency.
-#[derive(Debug, Clone)]
-pub struct SplitMix64 {
-    state: u64,
-}
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        Self { state: seed }
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[0, 1)` (53 random bits).
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    /// Uniform in `0..bound` (bound > 0); the modulo bias is below 2^-40 for the sizes used.
-    pub fn below(&mut self, bound: usize) -> usize {
-        (self.next_u64() % bound as u64) as usize
-    }
-
-    /// A Bernoulli(`p`) draw.
-    pub fn bernoulli(&mut self, p: f64) -> bool {
-        self.next_f64() < p
-    }
-}
-
 /// Result of a paired bootstrap over tasks.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BootstrapResult {
@@ -152,7 +117,7 @@ pub struct BootstrapResult {
 }
 
 /// Paired bootstrap over tasks: `differences[t]` is task t's second-minus-first pass rate; tasks
-/// are resampled with replacement `resamples` times from a [`SplitMix64`] seeded with `seed`.
+/// are resampled with replacement `resamples` times from a [`Rng`] seeded with `seed`.
 /// Deterministic. None when there are no tasks or no resamples.
 pub fn paired_bootstrap(
     differences: &[f64],
@@ -164,11 +129,11 @@ pub fn paired_bootstrap(
     }
     let tasks = differences.len();
     let mean_difference = differences.iter().sum::<f64>() / tasks as f64;
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::new(seed);
     let mut means: Vec<f64> = (0..resamples)
         .map(|_| {
             (0..tasks)
-                .map(|_| differences[rng.below(tasks)])
+                .map(|_| differences[rng.below(tasks as u64) as usize])
                 .sum::<f64>()
                 / tasks as f64
         })
@@ -337,11 +302,11 @@ mod tests {
 
     #[test]
     fn splitmix_is_reproducible_and_roughly_uniform() {
-        let mut a = SplitMix64::new(42);
-        let mut b = SplitMix64::new(42);
+        let mut a = Rng::new(42);
+        let mut b = Rng::new(42);
         let draws: Vec<u64> = (0..5).map(|_| a.next_u64()).collect();
         assert_eq!(draws, (0..5).map(|_| b.next_u64()).collect::<Vec<_>>());
-        let mut rng = SplitMix64::new(1);
+        let mut rng = Rng::new(1);
         let hits = (0..10_000).filter(|_| rng.bernoulli(0.3)).count();
         assert!((2_800..3_200).contains(&hits), "{hits}");
     }

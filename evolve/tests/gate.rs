@@ -6,7 +6,7 @@ use kiln_evolve::gate::{
     PairedTask, Shippable, SmokeResult, calibrate, combination_decision, decide,
     disjoint_selection, false_regression_probability, simulate_no_op_accept_rate,
 };
-use kiln_evolve::stats::SplitMix64;
+use kiln_evolve::rng::Rng;
 
 fn outcomes(successes: usize, n: usize) -> Vec<bool> {
     (0..n).map(|i| i < successes).collect()
@@ -15,7 +15,7 @@ fn outcomes(successes: usize, n: usize) -> Vec<bool> {
 /// A gate split of `rates.len()` tasks, round 0 measured as two parent reruns of `n` attempts
 /// drawn from the given true pass rates.
 fn round0(rates: &[f64], n: u32, seed: u64) -> Vec<AaTask> {
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::new(seed);
     rates
         .iter()
         .enumerate()
