@@ -1,6 +1,7 @@
 //! `kiln run --env tau2-retail --model oracle --split base`: the oracle's DB matches the gold DB on
 //! all 114 tasks. Without a judge the NL assertions are unjudged, so strict success excludes the
-//! tasks that have them while judged-only success counts all; the report shows both.
+//! tasks that have them while judged-only success counts all; the report shows both, and shows
+//! the mean reward both ways too (strict, the headline, counts unjudged episodes as 0).
 
 mod common;
 
@@ -120,4 +121,22 @@ fn the_oracle_matches_the_gold_db_on_all_114_retail_tasks() {
         "{report}"
     );
     assert!(report.contains("Judge | none configured"), "{report}");
+    // Mean reward: the DB component gives every episode reward 1, which the judged-only mean
+    // keeps; the headline (strict) mean counts the 40 unjudged episodes as 0.
+    for outcome in &outcomes {
+        assert_eq!(outcome.reward, 1.0, "task {}", outcome.task_id);
+    }
+    let strict_mean = format!("| Mean reward (strict) | {:.3} |", strict as f64 / 114.0);
+    assert!(
+        report.contains(&strict_mean),
+        "expected `{strict_mean}` in\n{report}"
+    );
+    assert!(
+        report.contains("| Mean reward (judged components only) | 1.000 |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("The headline figures (success, pass^k, mean reward) are strict"),
+        "{report}"
+    );
 }

@@ -41,7 +41,10 @@ pub struct TaskRow {
     pub trials: usize,
     pub successes: usize,
     pub judged_only_successes: usize,
-    pub mean_reward: f64,
+    /// Mean of [`Outcome::reward_strict`] (an unjudged component counts as not passed).
+    pub mean_reward_strict: f64,
+    /// Mean of `reward` (unjudged components left out, as if passed).
+    pub mean_reward_judged_only: f64,
     pub terminations: BTreeMap<String, usize>,
     pub errors: usize,
 }
@@ -67,7 +70,11 @@ pub struct RunStats {
     /// Episodes with at least one unjudged component.
     pub unjudged_episodes: usize,
     pub pass_hat_k: Vec<PassHatK>,
-    pub mean_reward: f64,
+    /// Mean of [`Outcome::reward_strict`]: the headline mean reward (an unjudged component
+    /// counts as not passed, as in strict success).
+    pub mean_reward_strict: f64,
+    /// Mean of `reward`, which leaves unjudged components out (as if passed).
+    pub mean_reward_judged_only: f64,
     pub components: BTreeMap<String, ComponentSummary>,
     pub terminations: BTreeMap<String, usize>,
     pub errors: Vec<ErrorRow>,
@@ -176,7 +183,9 @@ pub fn compute_stats(config: &RunConfig, outcomes: &[Outcome]) -> RunStats {
             .filter(|outcome| outcome.components.values().any(|c| c.unjudged))
             .count(),
         pass_hat_k: Vec::new(),
-        mean_reward: mean(counted.iter().map(|outcome| outcome.reward)).unwrap_or(0.0),
+        mean_reward_strict: mean(counted.iter().map(|outcome| outcome.reward_strict()))
+            .unwrap_or(0.0),
+        mean_reward_judged_only: mean(counted.iter().map(|outcome| outcome.reward)).unwrap_or(0.0),
         components: component_summaries(&counted),
         terminations: BTreeMap::new(),
         errors: Vec::new(),
@@ -279,7 +288,10 @@ fn task_rows(config: &RunConfig, outcomes: &[&Outcome]) -> Vec<TaskRow> {
                     .iter()
                     .filter(|outcome| outcome.success_judged_only)
                     .count(),
-                mean_reward: mean(trials.iter().map(|outcome| outcome.reward)).unwrap_or(0.0),
+                mean_reward_strict: mean(trials.iter().map(|outcome| outcome.reward_strict()))
+                    .unwrap_or(0.0),
+                mean_reward_judged_only: mean(trials.iter().map(|outcome| outcome.reward))
+                    .unwrap_or(0.0),
                 terminations,
                 errors: trials
                     .iter()
@@ -474,14 +486,26 @@ fn render_results(out: &mut String, stats: &RunStats) {
             percent(stats.judged_only_successes, stats.recorded)
         );
     }
-    let _ = writeln!(out, "| Mean reward | {:.3} |", stats.mean_reward);
+    let _ = writeln!(
+        out,
+        "| Mean reward (strict) | {:.3} |",
+        stats.mean_reward_strict
+    );
+    if stats.unjudged_episodes > 0 {
+        let _ = writeln!(
+            out,
+            "| Mean reward (judged components only) | {:.3} |",
+            stats.mean_reward_judged_only
+        );
+    }
     let _ = writeln!(out, "| Episodes with errors | {} |", stats.errors.len());
     let _ = writeln!(out);
     if stats.unjudged_episodes > 0 {
         let _ = writeln!(
             out,
-            "> **Unjudged components.** {} episodes have components no judge scored. Strict success counts \
-             them as not successful; judged-only success counts only the judged components. Configure \
+            "> **Unjudged components.** {} episodes have components no judge scored. The headline figures \
+             (success, pass^k, mean reward) are strict: they count such an episode as not successful and \
+             its reward as 0. The judged-only figures count only the judged components. Configure \
              `--judge SPEC` to score them.\n",
             stats.unjudged_episodes
         );
@@ -621,7 +645,7 @@ fn render_tasks(out: &mut String, stats: &RunStats) {
     let _ = writeln!(out, "## Per task\n");
     let _ = writeln!(
         out,
-        "| Task | Attempts | Success | Judged-only | Mean reward | Terminations | Errors |\n|---|---|---|---|---|---|---|"
+        "| Task | Attempts | Success | Judged-only | Mean reward | Judged-only reward | Terminations | Errors |\n|---|---|---|---|---|---|---|---|"
     );
     for row in &stats.tasks {
         let terminations: Vec<String> = row
@@ -631,12 +655,13 @@ fn render_tasks(out: &mut String, stats: &RunStats) {
             .collect();
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {:.3} | {} | {} |",
+            "| {} | {} | {} | {} | {:.3} | {:.3} | {} | {} |",
             cell(&row.task_id),
             row.trials,
             row.successes,
             row.judged_only_successes,
-            row.mean_reward,
+            row.mean_reward_strict,
+            row.mean_reward_judged_only,
             terminations.join(", "),
             row.errors
         );
@@ -712,7 +737,15 @@ pub fn render_summary(config: &RunConfig, stats: &RunStats, dir: &Path) -> Strin
         .map(|row| format!("k={} {:.3}", row.k, row.strict))
         .collect();
     rows.push(("pass^k", pass.join("  ")));
-    rows.push(("mean reward", format!("{:.3}", stats.mean_reward)));
+    let mean_reward = if stats.unjudged_episodes > 0 {
+        format!(
+            "{:.3} strict ({:.3} judged-only)",
+            stats.mean_reward_strict, stats.mean_reward_judged_only
+        )
+    } else {
+        format!("{:.3}", stats.mean_reward_strict)
+    };
+    rows.push(("mean reward", mean_reward));
     if !stats.terminations.is_empty() {
         let terminations: Vec<String> = stats
             .terminations
@@ -828,6 +861,20 @@ mod tests {
                 tasks: 2
             }
         );
+        // Unjudged NL assertions: the judged DB component gives reward 1, which the judged-only
+        // mean keeps and the strict mean counts as 0 (task 0's two episodes).
+        assert_eq!(outcomes[0].reward, 1.0);
+        assert_eq!(outcomes[0].reward_strict(), 0.0);
+        assert_eq!(outcomes[2].reward_strict(), 1.0);
+        assert_eq!(stats.mean_reward_strict, 0.25);
+        assert_eq!(stats.mean_reward_judged_only, 0.75);
+        assert_eq!(
+            (
+                stats.tasks[0].mean_reward_strict,
+                stats.tasks[0].mean_reward_judged_only
+            ),
+            (0.0, 1.0)
+        );
         let db = &stats.components["DB"];
         assert_eq!((db.judged, db.unjudged, db.mean), (3, 0, Some(1.0)));
         let nl = &stats.components["NL_ASSERTION"];
@@ -846,6 +893,27 @@ mod tests {
         assert!(
             report.contains("| Success (judged components only) | 3/4 (75.0%) |"),
             "{report}"
+        );
+        assert!(
+            report.contains("| Mean reward (strict) | 0.250 |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| Mean reward (judged components only) | 0.750 |"),
+            "{report}"
+        );
+        assert!(
+            report.contains("The headline figures (success, pass^k, mean reward) are strict"),
+            "{report}"
+        );
+        assert!(
+            report.contains("| 0 | 2 | 0 | 2 | 0.000 | 1.000 | agent_stop×2 | 0 |"),
+            "{report}"
+        );
+        let summary = render_summary(&config, &stats, Path::new("runs/x"));
+        assert!(
+            summary.contains("mean reward   0.250 strict (0.750 judged-only)"),
+            "{summary}"
         );
         assert!(report.contains("not comparable to official τ² numbers"));
         assert!(report.contains("official τ²-bench airline tasks"));
@@ -866,10 +934,15 @@ mod tests {
         let stats = compute_stats(&config, &outcomes);
         let report = render_report(&config, &stats);
         assert!(!report.contains("judged components only"));
+        assert!(
+            report.contains("| Mean reward (strict) | 1.000 |"),
+            "{report}"
+        );
         assert!(report.contains("Incomplete run"));
         let summary = render_summary(&config, &stats, Path::new("runs/x"));
         assert!(summary.contains("1/1 (100.0%)"), "{summary}");
         assert!(!summary.contains("judged-only"));
+        assert!(summary.contains("mean reward   1.000\n"), "{summary}");
         assert!(summary.contains("runs/x/report.md"));
     }
 }

@@ -344,11 +344,11 @@ pub fn compact(
             }
         }
     }
-    dropped = chunked(
-        dropped,
-        config.trim_chunk_turns,
-        turns.len().saturating_sub(config.min_turns),
-    );
+    // A chunk larger than half of what fits would hit the `min_turns` floor and move the cut
+    // every step (the opposite of the point), so the chunk shrinks with a small budget.
+    let fitting = turns.len() - dropped;
+    let chunk = config.trim_chunk_turns.min((fitting / 2).max(1));
+    dropped = chunked(dropped, chunk, turns.len().saturating_sub(config.min_turns));
     report.dropped_turns = dropped;
     if dropped > 0 {
         mark_omitted(&mut head, config, dropped);
@@ -659,26 +659,37 @@ mod tests {
 
     #[test]
     fn chunked_trimming_keeps_the_prompt_prefix_stable() {
-        let one_at_a_time = config(600);
+        // A budget that holds about 20 turns, so a chunk of 8 fits well inside it.
+        let one_at_a_time = config(1600);
         let chunked = CompactPromptConfig {
             trim_chunk_turns: 8,
-            ..config(600)
+            ..config(1600)
         };
-        let steps = 60;
+        let steps = 80;
         let single = prompts_over_steps(&one_at_a_time, steps);
         let batched = prompts_over_steps(&chunked, steps);
         // Both stay within budget (the latest turns fit easily).
         for prompt in single.iter().chain(&batched) {
-            assert!(prompt.iter().map(message_chars).sum::<usize>() <= 600);
+            assert!(prompt.iter().map(message_chars).sum::<usize>() <= 1600);
         }
         let single_breaks = prefix_breaks(&single);
         let batched_breaks = prefix_breaks(&batched);
         // One turn at a time: once over budget, nearly every step changes the prompt's beginning.
-        assert!(single_breaks >= 40, "{single_breaks}");
+        assert!(single_breaks >= 50, "{single_breaks}");
         // In chunks of 8: at most one break per 8 steps.
         assert!(
             batched_breaks <= steps.div_ceil(8),
             "{batched_breaks} breaks in {steps} steps"
+        );
+        // A budget smaller than the chunk: the chunk shrinks instead of moving the cut every step.
+        let tight = CompactPromptConfig {
+            trim_chunk_turns: 8,
+            ..config(600)
+        };
+        let tight_breaks = prefix_breaks(&prompts_over_steps(&tight, steps));
+        assert!(
+            tight_breaks < single_breaks / 2,
+            "{tight_breaks} breaks with a tight budget vs {single_breaks} one turn at a time"
         );
         // The head (system prompt and task) always leads.
         for prompt in &batched {
