@@ -333,10 +333,10 @@ fn parse_django(log: &str) -> StatusMap {
         if line.ends_with(" ... ERROR") {
             map.insert(line.split(" ... ERROR").next().unwrap_or(""), ERROR);
         }
-        if line.starts_with("ERROR:") {
-            if let Some(test) = py_split(&line).get(1) {
-                map.insert(py_strip(test), ERROR);
-            }
+        if line.starts_with("ERROR:")
+            && let Some(test) = py_split(&line).get(1)
+        {
+            map.insert(py_strip(test), ERROR);
         }
         if line.trim_start_matches(py_space).starts_with("ok")
             && let Some(test) = &prev_test
