@@ -106,34 +106,57 @@ struct Inner {
 
 impl NatsTransport {
     /// Connects to `url` and creates (or updates) the tasks and outcomes streams and the shared
-    /// durable consumer.
+    /// durable consumer: the cluster's members (workers, coordinator) configure it.
     pub async fn connect(url: &str, options: NatsOptions) -> Result<Self, TransportError> {
+        Self::open(url, options, true).await
+    }
+
+    /// Connects to `url` without changing the streams or the consumer when they exist (they are
+    /// created with `options` when they do not): a client of the cluster (`kiln run --nats`) must
+    /// not reset the lease, max-deliver or duplicate window its workers and coordinator set.
+    pub async fn attach(url: &str, options: NatsOptions) -> Result<Self, TransportError> {
+        Self::open(url, options, false).await
+    }
+
+    async fn open(
+        url: &str,
+        options: NatsOptions,
+        configure: bool,
+    ) -> Result<Self, TransportError> {
         validate_options(&options)?;
         let client = async_nats::connect(url)
             .await
             .map_err(|error| backend(format!("cannot connect to nats at {url}: {error}")))?;
         let jetstream = jetstream::new(client.clone());
-        jetstream
-            .create_or_update_stream(tasks_stream_config(&options))
-            .await
-            .map_err(|error| backend(format!("cannot create stream {TASKS_STREAM}: {error}")))?;
-        jetstream
-            .create_or_update_stream(outcomes_stream_config(&options))
-            .await
-            .map_err(|error| backend(format!("cannot create stream {OUTCOMES_STREAM}: {error}")))?;
+        for config in [
+            tasks_stream_config(&options),
+            outcomes_stream_config(&options),
+        ] {
+            let name = config.name.clone();
+            let created = if configure {
+                jetstream.create_or_update_stream(config).await.map(drop)
+            } else {
+                jetstream.get_or_create_stream(config).await.map(drop)
+            };
+            created.map_err(|error| backend(format!("cannot create stream {name}: {error}")))?;
+        }
         let stream = jetstream
             .get_stream(TASKS_STREAM)
             .await
             .map_err(|error| backend(format!("cannot open stream {TASKS_STREAM}: {error}")))?;
-        let consumer: PullConsumer = stream
-            .create_consumer(consumer_config(&options))
-            .await
-            .map_err(|error| {
-                backend(format!(
-                    "cannot create consumer {} on {TASKS_STREAM}: {error}",
-                    options.consumer
-                ))
-            })?;
+        let consumer: Result<PullConsumer, _> = if configure {
+            stream.create_consumer(consumer_config(&options)).await
+        } else {
+            stream
+                .get_or_create_consumer(&options.consumer, consumer_config(&options))
+                .await
+        };
+        let consumer = consumer.map_err(|error| {
+            backend(format!(
+                "cannot create consumer {} on {TASKS_STREAM}: {error}",
+                options.consumer
+            ))
+        })?;
         tracing::info!(url, consumer = %options.consumer, lease_s = options.lease.as_secs_f64(), "nats transport connected");
         let (close_signal, _) = watch::channel(false);
         let inner = Inner {

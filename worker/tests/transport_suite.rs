@@ -453,6 +453,33 @@ mod nats_only {
         assert_eq!(info.config.max_deliver, 5);
     }
 
+    /// A client that attaches (`kiln run --nats`) leaves the consumer and the streams as the
+    /// cluster configured them, even with other options.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn attaching_keeps_the_clusters_lease_max_deliver_and_duplicate_window() {
+        let server = NatsServer::start();
+        let configured = NatsOptions {
+            duplicate_window: Duration::from_secs(1),
+            ..test_options()
+        };
+        let member = NatsTransport::connect(&server.url(), configured)
+            .await
+            .unwrap();
+        let client = NatsTransport::attach(&server.url(), NatsOptions::default())
+            .await
+            .unwrap();
+        member.enqueue(task("r1", "a")).await.unwrap();
+        let lease = pull_soon(&member).await;
+        lease.ack().await.unwrap();
+        let jetstream = async_nats::jetstream::new(client.client().clone());
+        let mut stream = jetstream.get_stream(TASKS_STREAM).await.unwrap();
+        let info = stream.consumer_info("kiln-workers").await.unwrap();
+        assert_eq!(info.config.ack_wait, LEASE);
+        assert_eq!(info.config.max_deliver, 5);
+        let stream_info = stream.info().await.unwrap();
+        assert_eq!(stream_info.config.duplicate_window, Duration::from_secs(1));
+    }
+
     /// A run id with a dot would land on another subject; it is refused by name.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn run_ids_that_are_not_a_subject_token_are_refused() {

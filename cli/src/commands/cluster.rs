@@ -23,6 +23,14 @@ pub async fn connect(url: &str, options: NatsOptions) -> anyhow::Result<NatsTran
         .map_err(|error| input_error(format!("--nats {url}: {error}")))
 }
 
+/// Connects as a client of the cluster (`kiln run --nats`), leaving the streams and the shared
+/// consumer as its workers and coordinator configured them.
+pub async fn attach(url: &str) -> anyhow::Result<NatsTransport> {
+    NatsTransport::attach(url, NatsOptions::default())
+        .await
+        .map_err(|error| input_error(format!("--nats {url}: {error}")))
+}
+
 /// `<hostname>-<pid>`: unique per process on a host, readable in logs.
 pub fn default_process_id() -> String {
     let host = std::env::var("HOSTNAME")

@@ -22,13 +22,12 @@ use kiln_models::{ModelFactory, factory_for};
 use kiln_protocol::{HarnessSpec, ModelSpec, SamplingParams};
 use kiln_worker::{
     BackendModelResolver, CatalogEnvResolver, ChatAuxModel, EnvResolver, HarnessEpisodeRunner,
-    InMemoryHarnessStore, InProcessTransport, NatsOptions, Transport, WorkerConfig, WorkerDeps,
-    run_worker,
+    InMemoryHarnessStore, InProcessTransport, Transport, WorkerConfig, WorkerDeps, run_worker,
 };
 use serde_json::{Value, json};
 
 use crate::args::{RunArgs, SandboxArgs};
-use crate::commands::cluster::connect;
+use crate::commands::cluster::attach;
 use crate::commands::sandbox::{sandboxed_resolver, shut_down};
 use crate::input_error;
 use crate::progress::BarProgress;
@@ -611,7 +610,7 @@ async fn execute_on_cluster(
 ) -> anyhow::Result<ExitCode> {
     let dir = store.dir().to_path_buf();
     let run_id = store.config().run_id.clone();
-    let transport = connect(url, NatsOptions::default()).await?;
+    let transport = attach(url).await?;
     let registry = RunRegistry::open(transport.client()).await?;
     let record = RunRecord {
         config: store.config().clone(),
