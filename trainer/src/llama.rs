@@ -15,10 +15,10 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::quantized::{QStorage, QTensor};
 use candle_core::{D, DType, Device, Tensor, Var};
-use kiln_models::local::gguf::{GgmlType, GgufFile, TensorInfo};
-use kiln_models::local::llama::LlamaConfig;
+use kiln_models::local::gguf::{GgufFile, TensorInfo};
+use kiln_models::local::llama::{LlamaConfig, candle_dtype};
 use sha2::{Digest, Sha256};
 
 use crate::lora::{LoraAdapters, LoraConfig, LoraError, Target};
@@ -615,27 +615,6 @@ impl<'f> GgufTensors<'f> {
         let tensor = QTensor::new(storage, shape)?.dequantize(&Device::Cpu)?;
         Ok(tensor.to_dtype(dtype)?.to_device(device)?)
     }
-}
-
-fn candle_dtype(ggml_type: GgmlType) -> Option<GgmlDType> {
-    Some(match ggml_type {
-        GgmlType::F32 => GgmlDType::F32,
-        GgmlType::F16 => GgmlDType::F16,
-        GgmlType::BF16 => GgmlDType::BF16,
-        GgmlType::Q4_0 => GgmlDType::Q4_0,
-        GgmlType::Q4_1 => GgmlDType::Q4_1,
-        GgmlType::Q5_0 => GgmlDType::Q5_0,
-        GgmlType::Q5_1 => GgmlDType::Q5_1,
-        GgmlType::Q8_0 => GgmlDType::Q8_0,
-        GgmlType::Q8_1 => GgmlDType::Q8_1,
-        GgmlType::Q2_K => GgmlDType::Q2K,
-        GgmlType::Q3_K => GgmlDType::Q3K,
-        GgmlType::Q4_K => GgmlDType::Q4K,
-        GgmlType::Q5_K => GgmlDType::Q5K,
-        GgmlType::Q6_K => GgmlDType::Q6K,
-        GgmlType::Q8_K => GgmlDType::Q8K,
-        _ => return None,
-    })
 }
 
 /// A random Llama of the given shape (tests, benchmarks): GGUF-named tensors, normal weights of

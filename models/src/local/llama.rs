@@ -969,8 +969,9 @@ fn require_tensor<'f>(file: &'f GgufFile, name: &str) -> Result<&'f TensorInfo, 
     })
 }
 
-/// The candle type of a GGUF tensor type, when candle has one.
-fn candle_dtype(ggml_type: GgmlType) -> Option<GgmlDType> {
+/// The candle type of a GGUF tensor type, when candle has one (the trainer dequantizes through it
+/// too).
+pub fn candle_dtype(ggml_type: GgmlType) -> Option<GgmlDType> {
     Some(match ggml_type {
         GgmlType::F32 => GgmlDType::F32,
         GgmlType::F16 => GgmlDType::F16,
