@@ -150,6 +150,7 @@ fn run_config(run_id: &str, tasks: usize, harness: &Harness) -> RunConfig {
             name: harness.name().to_string(),
             hash: harness.hash().to_string(),
         },
+        seed_scope: None,
     }
 }
 

@@ -126,9 +126,18 @@ pub struct RunConfig {
     pub tasks: Vec<String>,
     pub model: ModelSpec,
     pub harness: HarnessRef,
+    /// Seeds derive from this scope instead of the run id when set, so runs of the same scope give
+    /// attempt `i` of a task the same seed: paired comparisons (AEGIS's gate, A/B runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed_scope: Option<String>,
 }
 
 impl RunConfig {
+    /// What episode seeds derive from: the seed scope, else the run id.
+    pub fn seed_basis(&self) -> &str {
+        self.seed_scope.as_deref().unwrap_or(&self.run_id)
+    }
+
     /// Every (task, attempt) the run must record, in dispatch order.
     pub fn expected_keys(&self) -> Vec<(String, u32)> {
         let mut keys = Vec::with_capacity(self.tasks.len() * self.attempts as usize);
@@ -181,6 +190,14 @@ pub fn config_differences(stored: &RunConfig, requested: &RunConfig) -> Vec<Stri
         requested.judge.clone().unwrap_or_else(|| "none".into()),
     );
     compare(
+        "seed scope",
+        stored.seed_scope.clone().unwrap_or_else(|| "none".into()),
+        requested
+            .seed_scope
+            .clone()
+            .unwrap_or_else(|| "none".into()),
+    );
+    compare(
         "tasks",
         summarize_tasks(&stored.tasks),
         summarize_tasks(&requested.tasks),
@@ -220,6 +237,7 @@ pub(crate) mod tests {
                 name: "default".into(),
                 hash: "abc123".into(),
             },
+            seed_scope: None,
         }
     }
 

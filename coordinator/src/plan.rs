@@ -1,5 +1,5 @@
 //! What a run still has to do: the (task, attempt) keys not recorded yet, as [`TaskSpec`]s with
-//! seeds derived from (run, task, attempt) so a re-run of a key gets the same seed.
+//! seeds derived from (run or seed scope, task, attempt) so a re-run of a key gets the same seed.
 
 use std::collections::BTreeSet;
 
@@ -41,7 +41,7 @@ pub fn pending_tasks(
             run_id: config.run_id.clone(),
             env: config.env.clone(),
             split: config.split.clone(),
-            seed: derive_seed(&config.run_id, &task_id, attempt),
+            seed: derive_seed(config.seed_basis(), &task_id, attempt),
             task_id,
             attempt,
             harness_hash: config.harness.hash.clone(),
@@ -100,6 +100,30 @@ mod tests {
                 derive_seed(&config.run_id, &task.task_id, task.attempt)
             );
         }
+    }
+
+    #[test]
+    fn runs_of_one_seed_scope_share_seeds() {
+        let mut first = sample_config();
+        let mut second = sample_config();
+        second.run_id = "another-run".into();
+        let seeds = |config: &RunConfig| -> Vec<u64> {
+            pending_tasks(config, &BTreeSet::new(), &Value::Null, 0)
+                .iter()
+                .map(|task| task.seed)
+                .collect()
+        };
+        assert_ne!(
+            seeds(&first),
+            seeds(&second),
+            "different runs, different seeds"
+        );
+        first.seed_scope = Some("gate".into());
+        second.seed_scope = Some("gate".into());
+        assert_eq!(seeds(&first), seeds(&second), "one scope, the same seeds");
+        let all = seeds(&first);
+        assert_eq!(all[0], derive_seed("gate", "0", 0));
+        assert_ne!(all[0], all[2], "attempts of a task still differ");
     }
 
     #[test]

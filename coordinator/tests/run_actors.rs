@@ -39,6 +39,7 @@ fn config(run_id: &str, tasks: &[&str], attempts: u32) -> RunConfig {
             name: "h".into(),
             hash: "hash-1".into(),
         },
+        seed_scope: None,
     }
 }
 
