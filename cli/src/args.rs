@@ -32,6 +32,8 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process; boxing the large variants would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run a harness with a model on an environment's tasks, and write a report.
     Run(RunArgs),
@@ -61,9 +63,19 @@ pub enum Command {
     /// Train the embedded model with cross-harness GRPO on recorded runs (LoRA adapters by
     /// default); writes `metrics.jsonl` and checkpoints (`<out>/<id>/adapter.safetensors`).
     Train(TrainArgs),
-    /// AEGIS harness evolution.
+    /// AEGIS harness evolution: `kiln evolve --env E --model M …` runs the loop; `check` and
+    /// `replay` are its tools.
+    Evolve(EvolveArgs),
+}
+
+/// `kiln evolve`: the loop, or one of its subcommands.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct EvolveArgs {
     #[command(subcommand)]
-    Evolve(EvolveCommand),
+    pub command: Option<EvolveCommand>,
+    #[command(flatten)]
+    pub run: EvolveRunArgs,
 }
 
 /// `kiln evolve …`.
@@ -72,6 +84,86 @@ pub enum EvolveCommand {
     /// Run the Critic's static checks on one candidate harness: exit 0 when it would go on to
     /// the gate, 1 with the reasons when it would be rejected.
     Check(EvolveCheckArgs),
+    /// Re-derive every accept/reject decision of an evolution from its stored rollouts (runs
+    /// nothing); exit 1 when any differs from `audit.jsonl`.
+    Replay {
+        /// The evolution directory.
+        dir: PathBuf,
+    },
+}
+
+/// `kiln evolve` (the loop). Options left out take their value from `evolve.toml` when
+/// resuming, else the default.
+#[derive(Debug, Args)]
+pub struct EvolveRunArgs {
+    /// Environment id (`kiln envs`); it must name search, gate and held-out splits.
+    #[arg(long)]
+    pub env: Option<String>,
+    /// Agent model spec [default: local:smollm2].
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Seed harness file [default: the built-in harness for the environment and model].
+    #[arg(long)]
+    pub harness: Option<PathBuf>,
+    /// Rounds after round 0 [default: 3].
+    #[arg(long)]
+    pub rounds: Option<u32>,
+    /// Candidates proposed per round [default: 3].
+    #[arg(long)]
+    pub candidates: Option<usize>,
+    /// Attempts per gate task; round 0 raises it when the gate would be noise [default: 2].
+    #[arg(long)]
+    pub attempts: Option<u32>,
+    /// Attempts per search task each round [default: 1].
+    #[arg(long)]
+    pub search_attempts: Option<u32>,
+    /// Attempts per held-out task in the final report (k of pass@k) [default: 3].
+    #[arg(long)]
+    pub final_attempts: Option<u32>,
+    /// Stop after this many rounds without a shipped candidate [default: 2].
+    #[arg(long)]
+    pub patience: Option<u32>,
+    /// Search-split tasks [default: 10].
+    #[arg(long)]
+    pub search: Option<usize>,
+    /// Gate-split tasks [default: 10].
+    #[arg(long)]
+    pub gate: Option<usize>,
+    /// Held-out tasks [default: the whole held-out split].
+    #[arg(long)]
+    pub held_out: Option<usize>,
+    /// Meta-model spec for the `llm` evolver (an OpenAI-compatible endpoint).
+    #[arg(long)]
+    pub meta_model: Option<String>,
+    /// `rules` (offline, deterministic), `llm` (needs --meta-model) or `both` [default: rules].
+    #[arg(long)]
+    pub evolver: Option<String>,
+    /// Harness variants routed by task cluster [default: 1].
+    #[arg(long)]
+    pub variants: Option<u32>,
+    /// Cap on N of the budget-matched best-of-N baseline [default: 8].
+    #[arg(long)]
+    pub baseline_max_attempts: Option<u32>,
+    /// Seed of the splits, the evolvers and the gate's statistics [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Evolution directory [default: evolutions/<env>-<time>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue an interrupted evolution; finished rollouts are not run again.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Episodes run concurrently (embedded cluster).
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Wall-clock limit of one episode in seconds [default: 600].
+    #[arg(long)]
+    pub timeout_s: Option<u64>,
+    /// Run every rollout on a NATS cluster (`kiln coordinator` and `kiln worker`s).
+    #[arg(long, value_name = "URL")]
+    pub nats: Option<String>,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// `kiln evolve check`.
@@ -147,6 +239,10 @@ pub struct RunArgs {
     /// ignored. Ctrl-C detaches; the run goes on.
     #[arg(long, value_name = "URL")]
     pub nats: Option<String>,
+    /// Derive episode seeds from this name instead of the run id: runs of one scope give attempt
+    /// `i` of a task the same seed (paired A/B comparisons).
+    #[arg(long, value_name = "NAME")]
+    pub seed_scope: Option<String>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }
@@ -164,7 +260,7 @@ pub enum SandboxKind {
 }
 
 /// `--sandbox` and its Docker settings.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct SandboxArgs {
     /// Where environments run.
     #[arg(long, value_enum, default_value_t = SandboxKind::None)]

@@ -1,6 +1,8 @@
 //! [`ForbiddenLiterals`] from an environment's data: the task ids and gold strings no candidate
 //! harness may contain. Only tasks outside the search split count (the search split's own gold is
-//! fair game for few-shot demonstrations); when the search split is not given, every task counts.
+//! fair game for few-shot demonstrations), and a gold string that a search task shares is not
+//! banned either (the WebShop-format catalog has goals that target the same product; a search
+//! demonstration naming it is not a leak); when the search split is not given, every task counts.
 //!
 //! What is gold, per environment (generic words are never banned: literals shorter than
 //! [`MIN_LITERAL_CHARS`] are dropped, and a plain number is a task id only next to a task word):
@@ -27,13 +29,28 @@ use kiln_environments::webshop::{self, Shop};
 use kiln_evolve::critic::{ForbiddenLiterals, MIN_LITERAL_CHARS};
 use serde_json::Value;
 
-/// The forbidden literals of `env`, skipping the tasks in `search` (None: skip none).
+/// The forbidden literals of `env`, skipping the tasks in `search` and the strings their gold
+/// shares (None: skip none).
 pub fn forbidden_literals(
     env: &str,
     ctx: &EnvContext,
     search: Option<&BTreeSet<String>>,
 ) -> Result<ForbiddenLiterals> {
     let counts = |task: &str| search.is_none_or(|search| !search.contains(task));
+    let mut forbidden = literals_of(env, ctx, &counts)?;
+    if let Some(search) = search {
+        let public = literals_of(env, ctx, &|task: &str| search.contains(task))?;
+        forbidden.allow_public(&public);
+    }
+    Ok(forbidden)
+}
+
+/// The gold literals of the tasks `counts` selects.
+fn literals_of(
+    env: &str,
+    ctx: &EnvContext,
+    counts: &dyn Fn(&str) -> bool,
+) -> Result<ForbiddenLiterals> {
     if let Some(domain) = [Domain::Retail, Domain::Airline]
         .into_iter()
         .find(|d| env_id(*d) == env)
@@ -42,13 +59,13 @@ pub fn forbidden_literals(
         let data = factory
             .data()
             .with_context(|| format!("loading the {env} data (run ops/setup)"))?;
-        return Ok(tau2_literals(env, data, &counts));
+        return Ok(tau2_literals(env, data, counts));
     }
     if env == webshop::ENV_ID {
-        return Ok(webshop_literals(env, &Shop::standard(), &counts));
+        return Ok(webshop_literals(env, &Shop::standard(), counts));
     }
     if env == alfworld::ENV_ID {
-        return alfworld_literals(env, ctx, &counts);
+        return alfworld_literals(env, ctx, counts);
     }
     anyhow::bail!(
         "no forbidden-literal builder for environment `{env}`: expected tau2-retail, tau2-airline, webshop or alfworld"

@@ -67,7 +67,11 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Gaia(command) => commands::gaia::gaia(command),
         Command::Wiki(command) => commands::wiki::wiki(command).await,
         Command::Report { dir } => commands::report::report(&dir).map(|()| ExitCode::SUCCESS),
-        Command::Evolve(EvolveCommand::Check(args)) => commands::evolve_check::check(args),
+        Command::Evolve(args) => match args.command {
+            Some(EvolveCommand::Check(args)) => commands::evolve_check::check(args),
+            Some(EvolveCommand::Replay { dir }) => commands::evolve::replay(&dir).await,
+            None => commands::evolve::evolve(args.run).await,
+        },
         Command::Train(args) => commands::train::train(args).await,
     }
 }

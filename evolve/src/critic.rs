@@ -185,6 +185,20 @@ impl ForbiddenLiterals {
         });
     }
 
+    /// Drops the literals that are also gold of a search-split task (`public`): the search
+    /// split's gold is fair game for demonstrations, so a string it shares with another task's
+    /// gold (a catalog product two goals target, a common option phrase) is no evidence of a
+    /// leak. Task ids stay banned.
+    pub fn allow_public(&mut self, public: &ForbiddenLiterals) {
+        let public: BTreeSet<String> = public
+            .literals
+            .iter()
+            .map(|l| l.text.to_lowercase())
+            .collect();
+        self.literals
+            .retain(|l| !public.contains(&l.text.to_lowercase()));
+    }
+
     fn lowered(&self) -> Vec<(String, &ForbiddenLiteral)> {
         self.literals
             .iter()
@@ -1494,4 +1508,23 @@ fn lever_fatigue(
     );
     reasons.push(reason(ReasonKind::LeverFatigue, concern.clone(), None));
     Some(concern)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gold_shared_with_a_search_task_is_not_banned() {
+        let mut forbidden = ForbiddenLiterals::new("webshop");
+        forbidden.add("B03VWU0VBR", "target ASIN", "39");
+        forbidden.add("B0D4URRTQV", "target ASIN", "40");
+        forbidden.task_ids.insert("39".into());
+        let mut public = ForbiddenLiterals::new("webshop");
+        public.add("b03vwu0vbr", "target ASIN", "7");
+        forbidden.allow_public(&public);
+        let left: Vec<&str> = forbidden.literals.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(left, vec!["B0D4URRTQV"]);
+        assert!(forbidden.task_ids.contains("39"), "task ids stay banned");
+    }
 }

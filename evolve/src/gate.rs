@@ -210,6 +210,16 @@ fn tolerances(rates: &[(String, u64, u64)], n: u32, config: &GateConfig) -> Tole
 /// Round-0 calibration from A/A reruns. `n` is raised (up to `max_attempts`) when the tolerances
 /// at the measured `n` say the per-task check would be noise.
 pub fn calibrate(round0: &[AaTask], config: &GateConfig) -> Calibration {
+    calibrate_with(round0, config, None)
+}
+
+/// A calibration at exactly `attempts` per task (no raising): for a parent whose gate rows were
+/// just measured at that `n`. `noise` still says whether the per-task check would be noise.
+pub fn calibrate_at(round0: &[AaTask], config: &GateConfig, attempts: u32) -> Calibration {
+    calibrate_with(round0, config, Some(attempts.max(1)))
+}
+
+fn calibrate_with(round0: &[AaTask], config: &GateConfig, fixed: Option<u32>) -> Calibration {
     let measured_attempts = round0
         .iter()
         .map(|t| t.first.len())
@@ -224,11 +234,11 @@ pub fn calibrate(round0: &[AaTask], config: &GateConfig) -> Calibration {
             (t.task.clone(), successes, all.count() as u64)
         })
         .collect();
-    let at_measured = tolerances(&rates, measured_attempts, config);
-    let mut attempts = measured_attempts;
+    let mut attempts = fixed.unwrap_or(measured_attempts);
+    let at_measured = tolerances(&rates, attempts, config);
     let mut chosen = at_measured;
     let noise_at_measured = chosen.noise;
-    while chosen.noise && attempts < config.max_attempts {
+    while fixed.is_none() && chosen.noise && attempts < config.max_attempts {
         attempts += 1;
         chosen = tolerances(&rates, attempts, config);
     }

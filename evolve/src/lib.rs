@@ -13,16 +13,22 @@
 //! - [`plan`]: the landscape (`landscape.md` + `landscape.json`).
 //! - [`evolver`] and [`operators`]: the rules and LLM evolvers.
 //! - [`artifacts`]: the round directory `R<n>/`, `INDEX.md` and `journal.md`.
+//! - [`rollouts`]: how the loop gets rollouts (ordinary runs) and reads them back.
+//! - [`driver`]: the loop itself (round 0 calibration, rounds, resume, replay).
+//! - [`report`]: the final held-out evaluation and `report.md`.
 
 pub mod artifacts;
 pub mod candidate;
 pub mod critic;
 pub mod digest;
+pub mod driver;
 pub mod evolver;
 pub mod gate;
 pub mod operators;
 pub mod plan;
+pub mod report;
 pub mod rng;
+pub mod rollouts;
 pub mod splits;
 pub mod stats;
 pub mod traces;
@@ -32,7 +38,9 @@ pub use candidate::{
     PredictedImpact,
 };
 pub use digest::{FailureCategory, TaskDigest, TaskStatus, digest_tasks};
+pub use driver::{Evolution, EvolutionSummary, EvolveConfig, EvolveError, EvolveProgress, Mode};
 pub use evolver::{Demonstration, EvolveInput, Evolver, LlmEvolver, Proposals, RulesEvolver};
 pub use plan::{EditRecord, EditVerdict, Landscape, PlanInput, plan};
+pub use rollouts::{RolloutError, RolloutRequest, Rollouts, StoredRollouts};
 pub use splits::{EvolutionSplits, SplitRole, SplitSizes};
 pub use traces::{FinalEvaluation, RunTraces, TraceError, TraceErrorKind, TraceStore};

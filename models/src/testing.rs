@@ -259,25 +259,45 @@ pub struct RecordedRequest {
 }
 
 /// Mutable server state: rule uses left and the request log.
-#[derive(Debug)]
+/// A function that answers a request from its body (a policy that reads the prompt, for a test
+/// model whose behaviour depends on what the harness puts there); `None` leaves the request to
+/// the script's rules.
+pub type Responder = Arc<dyn Fn(&Value) -> Option<ScriptedResponse> + Send + Sync>;
+
 struct ServerState {
     script: Script,
+    responder: Option<Responder>,
     uses_left: Vec<Option<u32>>,
     requests: Vec<RecordedRequest>,
 }
 
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("script", &self.script)
+            .field("responder", &self.responder.is_some())
+            .field("requests", &self.requests.len())
+            .finish()
+    }
+}
+
 impl ServerState {
-    fn new(script: Script) -> Self {
+    fn new(script: Script, responder: Option<Responder>) -> Self {
         let uses_left = script.rules.iter().map(|rule| rule.times).collect();
         Self {
             script,
+            responder,
             uses_left,
             requests: Vec::new(),
         }
     }
 
-    /// Picks the answer for `body` and spends one use of the rule that gave it.
+    /// Picks the answer for `body` (the responder first) and spends one use of the rule that
+    /// gave it.
     fn select(&mut self, body: &Value) -> ScriptedResponse {
+        if let Some(response) = self.responder.as_ref().and_then(|respond| respond(body)) {
+            return response;
+        }
         for (index, rule) in self.script.rules.iter().enumerate() {
             if self.uses_left[index] == Some(0) {
                 continue;
@@ -324,9 +344,28 @@ impl ScriptedServer {
 
     /// Starts serving `script` on `address` (port 0 picks a free port).
     pub async fn start_on(address: SocketAddr, script: Script) -> io::Result<Self> {
+        Self::serve(address, script, None).await
+    }
+
+    /// Starts a server that answers with `responder` (falling back to `script` where it returns
+    /// `None`) on a free port of 127.0.0.1.
+    pub async fn start_with_responder(script: Script, responder: Responder) -> io::Result<Self> {
+        Self::serve(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            script,
+            Some(responder),
+        )
+        .await
+    }
+
+    async fn serve(
+        address: SocketAddr,
+        script: Script,
+        responder: Option<Responder>,
+    ) -> io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(address).await?;
         let address = listener.local_addr()?;
-        let state: Shared = Arc::new(Mutex::new(ServerState::new(script)));
+        let state: Shared = Arc::new(Mutex::new(ServerState::new(script, responder)));
         let (shutdown, shutdown_signal) = oneshot::channel::<()>();
         let app = router(state.clone());
         tokio::spawn(async move {
@@ -577,7 +616,7 @@ mod tests {
             ),
         ])
         .with_default(ScriptedResponse::text("fallback"));
-        let mut state = ServerState::new(script);
+        let mut state = ServerState::new(script, None);
         let refund = request(&["hello", "I want a refund"]);
         assert_eq!(state.select(&refund), ScriptedResponse::status(500, "down"));
         assert_eq!(state.select(&refund), ScriptedResponse::status(500, "down"));

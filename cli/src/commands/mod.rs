@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod coordinator;
 pub mod envs;
+pub mod evolve;
 pub mod evolve_check;
 pub mod gaia;
 pub mod generate;

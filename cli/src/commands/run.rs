@@ -68,6 +68,7 @@ struct RunRequest {
     judge: Option<ModelSpec>,
     harness: HarnessSource,
     timeout_s: u64,
+    seed_scope: Option<String>,
 }
 
 /// Everything validated, ready to create the run.
@@ -82,7 +83,31 @@ struct PreparedRun {
     env_options: Value,
 }
 
+/// How a run ended.
+pub enum RunEnd {
+    /// Every (task, attempt) is recorded; `report.md` is written.
+    Finished {
+        dir: PathBuf,
+        config: Box<RunConfig>,
+        stats: Box<kiln_coordinator::RunStats>,
+    },
+    /// Ctrl-C: the run directory can be resumed (embedded), or the run goes on in the cluster.
+    Interrupted,
+}
+
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    match execute_args(args).await? {
+        RunEnd::Finished { dir, config, stats } => {
+            println!("{}", render_summary(&config, &stats, &dir));
+            Ok(ExitCode::SUCCESS)
+        }
+        RunEnd::Interrupted => Ok(ExitCode::from(130)),
+    }
+}
+
+/// Validates, creates or reopens the run directory, runs the run and writes its report:
+/// `kiln run` without the printed summary (`kiln evolve` runs its rollouts through it).
+pub async fn execute_args(args: RunArgs) -> anyhow::Result<RunEnd> {
     let resume_dir = resume_dir(&args)?;
     let stored = match &resume_dir {
         Some(dir) => {
@@ -246,6 +271,10 @@ impl RunRequest {
             .timeout_s
             .or(stored.map(|config| config.timeout_s))
             .unwrap_or(DEFAULT_TIMEOUT_S);
+        let seed_scope = args
+            .seed_scope
+            .clone()
+            .or_else(|| stored.and_then(|config| config.seed_scope.clone()));
         Ok(Self {
             env,
             split,
@@ -257,6 +286,7 @@ impl RunRequest {
             judge,
             harness,
             timeout_s,
+            seed_scope,
         })
     }
 
@@ -270,6 +300,7 @@ impl RunRequest {
             model: self.model.clone(),
             user: self.user.clone(),
             judge: self.judge.as_ref().map(ModelSpec::to_string),
+            seed_scope: self.seed_scope.clone(),
             ..stored.clone()
         }
     }
@@ -485,6 +516,7 @@ fn run_config(prepared: &PreparedRun, stored: Option<&RunConfig>) -> anyhow::Res
             name: prepared.harness.name().to_string(),
             hash: prepared.harness.hash().to_string(),
         },
+        seed_scope: request.seed_scope.clone(),
     };
     let Some(stored) = stored else {
         return Ok(config);
@@ -529,7 +561,7 @@ async fn execute(
     prepared: PreparedRun,
     workers: usize,
     sandbox: &SandboxArgs,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<RunEnd> {
     let dir = store.dir().to_path_buf();
     let run_id = store.config().run_id.clone();
     let transport = InProcessTransport::new();
@@ -585,7 +617,7 @@ async fn execute(
             "kiln: interrupted; continue with `kiln run --resume {}`",
             dir.display()
         );
-        return Ok(ExitCode::from(130));
+        return Ok(RunEnd::Interrupted);
     };
     if let Err(error) = finished {
         worker.abort();
@@ -595,10 +627,18 @@ async fn execute(
         )));
     }
     let _ = worker.await;
+    finish(dir)
+}
+
+/// Writes `report.md` (and a GAIA submission file for GAIA runs).
+fn finish(dir: PathBuf) -> anyhow::Result<RunEnd> {
     let (config, stats) = write_run_report(&dir)?;
     crate::commands::gaia::write_run_submission(&dir, &config)?;
-    println!("{}", render_summary(&config, &stats, &dir));
-    Ok(ExitCode::SUCCESS)
+    Ok(RunEnd::Finished {
+        dir,
+        config: Box::new(config),
+        stats: Box::new(stats),
+    })
 }
 
 /// `kiln run --nats`: submits the run to the cluster's coordinator and records its results in
@@ -607,7 +647,7 @@ async fn execute_on_cluster(
     store: RunStore,
     prepared: PreparedRun,
     url: &str,
-) -> anyhow::Result<ExitCode> {
+) -> anyhow::Result<RunEnd> {
     let dir = store.dir().to_path_buf();
     let run_id = store.config().run_id.clone();
     let transport = attach(url).await?;
@@ -649,7 +689,7 @@ async fn execute_on_cluster(
                  `kiln run --resume {} --nats {url}`",
                 dir.display()
             );
-            return Ok(ExitCode::from(130));
+            return Ok(RunEnd::Interrupted);
         }
     };
     progress.finish();
@@ -663,10 +703,7 @@ async fn execute_on_cluster(
         }
         Err(message) => anyhow::bail!("the coordinator failed run {run_id}: {message}"),
     }
-    let (config, stats) = write_run_report(&dir)?;
-    crate::commands::gaia::write_run_submission(&dir, &config)?;
-    println!("{}", render_summary(&config, &stats, &dir));
-    Ok(ExitCode::SUCCESS)
+    finish(dir)
 }
 
 /// Submits the run, or, when it was submitted before (`--resume`), resubmits it only if the
@@ -755,6 +792,7 @@ mod tests {
                 name: "h".into(),
                 hash: "abc".into(),
             },
+            seed_scope: None,
         }
     }
 

@@ -1,0 +1,1494 @@
+//! The loop behind `kiln evolve`: round 0 calibrates the gate's noise, then each round digests the
+//! parent's search-split rollouts, plans, proposes K candidates, reviews them (critic) and gates
+//! the survivors against the parent on the gate split; at the end the seed, the final harness and
+//! a budget-matched baseline are evaluated on the held-out split ([`crate::report`]).
+//!
+//! The loop is a deterministic function of `evolve.toml`, the seed harness and the rollouts it
+//! reads: every rollout has a fixed directory, a complete one is never run again, and proposals
+//! are stored before they are judged. So `--resume` is "run the loop again", and replay is "run
+//! the loop again with [`StoredRollouts`](crate::rollouts::StoredRollouts) and compare the audit".
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use kiln_harness::{Harness, HarnessSpec, apply_edits, builtin_registry};
+use kiln_protocol::Termination;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::artifacts::{self, RoundFiles};
+use crate::candidate::{Bucket, Candidate};
+use crate::critic::{CriticContext, CriticVerdict, ForbiddenLiterals, LeverHistory, review};
+use crate::digest::{Episode, TaskDigest, TaskStatus, digest_tasks};
+use crate::evolver::{Demonstration, EvolveInput, Evolver, Proposals, RejectedProposal};
+use crate::gate::{
+    AaTask, Calibration, GateConfig, GateDecision, GateInput, PairedTask, Shippable, SmokeResult,
+    calibrate, calibrate_at, canonical_check, combination_decision, decide, disjoint_selection,
+};
+use crate::plan::{EditRecord, EditVerdict, Landscape, PlanInput, plan};
+use crate::rollouts::{RolloutRequest, Rollouts, read_outcomes, success_table};
+use crate::splits::{EvolutionSplits, SplitRole};
+use crate::stats;
+use crate::traces::TraceStore;
+
+/// `evolve.toml`: everything that defines an evolution. A resumed evolution must match it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvolveConfig {
+    pub env: String,
+    /// The agent model, as a model spec.
+    pub model: String,
+    /// Content hash of the seed harness (`harnesses/<hash>.toml`).
+    pub seed_harness: String,
+    pub rounds: u32,
+    /// Candidates proposed per round.
+    pub candidates: usize,
+    /// Attempts per gate task (raised by round 0 when the gate would be noise).
+    pub attempts: u32,
+    /// Attempts per search task each round.
+    pub search_attempts: u32,
+    /// Attempts per held-out task in the final report (k of pass@k and pass^k).
+    pub final_attempts: u32,
+    /// Rounds without a shipped candidate before stopping.
+    pub patience: u32,
+    pub search: usize,
+    pub gate: usize,
+    /// Held-out tasks; all of the held-out split when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_out: Option<usize>,
+    /// `rules`, `llm` or `both`.
+    pub evolver: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_model: Option<String>,
+    pub seed: u64,
+    /// Cap on N of the budget-matched best-of-N baseline.
+    pub baseline_max_attempts: u32,
+    pub gate_config: GateConfig,
+}
+
+impl EvolveConfig {
+    /// Fields that differ from `stored`, as "field: stored X, requested Y".
+    pub fn differences(&self, stored: &EvolveConfig) -> Vec<String> {
+        let (Ok(mine), Ok(theirs)) = (serde_json::to_value(self), serde_json::to_value(stored))
+        else {
+            return vec!["the configurations do not serialize".into()];
+        };
+        let (Some(mine), Some(theirs)) = (mine.as_object(), theirs.as_object()) else {
+            return Vec::new();
+        };
+        let keys: BTreeSet<&String> = mine.keys().chain(theirs.keys()).collect();
+        keys.into_iter()
+            .filter(|key| mine.get(*key) != theirs.get(*key))
+            .map(|key| {
+                format!(
+                    "{key}: evolve.toml has {}, requested {}",
+                    theirs.get(key).unwrap_or(&Value::Null),
+                    mine.get(key).unwrap_or(&Value::Null)
+                )
+            })
+            .collect()
+    }
+}
+
+/// Why the loop stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum EvolveError {
+    #[error(transparent)]
+    Rollout(#[from] crate::rollouts::RolloutError),
+    #[error(transparent)]
+    Traces(#[from] crate::traces::TraceError),
+    #[error(transparent)]
+    Artifacts(#[from] ArtifactFailure),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// An artifact that could not be written or read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ArtifactFailure {
+    pub path: String,
+    pub message: String,
+}
+
+impl From<artifacts::ArtifactError> for EvolveError {
+    fn from(error: artifacts::ArtifactError) -> Self {
+        EvolveError::Artifacts(ArtifactFailure {
+            path: String::new(),
+            message: error.to_string(),
+        })
+    }
+}
+
+/// Progress of the loop: round, stage, what is being done.
+pub trait EvolveProgress: Send + Sync {
+    fn stage(&self, round: u32, stage: &str, detail: &str);
+}
+
+/// Progress that goes to the log only.
+pub struct LogProgress;
+
+impl EvolveProgress for LogProgress {
+    fn stage(&self, round: u32, stage: &str, detail: &str) {
+        tracing::info!(round, stage, detail, "evolve");
+    }
+}
+
+/// Whether the loop writes artifacts (a run) or only derives decisions (a replay).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Evolve,
+    Replay,
+}
+
+/// Everything the loop needs besides the configuration.
+pub struct Evolution {
+    pub config: EvolveConfig,
+    pub dir: PathBuf,
+    pub seed_harness: HarnessSpec,
+    pub splits: EvolutionSplits,
+    pub evolvers: Vec<Arc<dyn Evolver>>,
+    pub rollouts: Arc<dyn Rollouts>,
+    /// Gold strings and non-search task ids of the environment (the critic's).
+    pub forbidden: ForbiddenLiterals,
+    pub progress: Arc<dyn EvolveProgress>,
+    pub mode: Mode,
+}
+
+/// Seed scopes: runs of one scope pair attempt `i` of a task on the same seed.
+const SEARCH_SCOPE: &str = "search";
+const GATE_SCOPE: &str = "gate";
+const SMOKE_SCOPE: &str = "smoke";
+
+/// One rollout the loop asks for.
+struct Rollout<'a> {
+    round: u32,
+    purpose: String,
+    dir: PathBuf,
+    spec: &'a HarnessSpec,
+    role: SplitRole,
+    tasks: Vec<String>,
+    attempts: u32,
+    seed_scope: &'a str,
+}
+
+/// One point of `curves.json`: the parent after a round.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub round: u32,
+    pub parent: String,
+    /// Parent's pass@1 on the gate split (n attempts).
+    pub gate_pass_at_1: f64,
+    /// Parent's pass@1 on the search split.
+    pub search_pass_at_1: f64,
+    pub shipped: Vec<String>,
+    /// Episodes run by this round (all rollouts).
+    pub episodes: u64,
+}
+
+/// Per lever (operator): what shipped and how its predictions held up. `scoreboard.json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LeverScore {
+    pub tries: u32,
+    pub gated: u32,
+    pub shipped: u32,
+    pub shipped_rounds: Vec<u32>,
+    /// Shipped with a measured gain.
+    pub hits: u32,
+    /// Predicted unlocks (search tasks) of shipped candidates, and how many happened.
+    pub predicted_unlocks: u32,
+    pub realized_unlocks: u32,
+}
+
+impl LeverScore {
+    pub fn hit_rate(&self) -> f64 {
+        if self.tries == 0 {
+            0.0
+        } else {
+            f64::from(self.hits) / f64::from(self.tries)
+        }
+    }
+
+    /// Share of predicted unlocks that happened (None before any shipped prediction).
+    pub fn prediction_precision(&self) -> Option<f64> {
+        (self.predicted_unlocks > 0)
+            .then(|| f64::from(self.realized_unlocks) / f64::from(self.predicted_unlocks))
+    }
+}
+
+/// What the loop ends with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvolutionSummary {
+    pub rounds_run: u32,
+    pub final_harness: HarnessSpec,
+    pub final_hash: String,
+    /// `audit.jsonl`, one JSON value per decision.
+    pub audit: Vec<Value>,
+    pub curves: Vec<CurvePoint>,
+    pub calibration: Calibration,
+    /// Episodes run for evolution (search, gate, smoke).
+    pub episodes: u64,
+    pub stop_reason: String,
+}
+
+/// The parent between rounds.
+struct Parent {
+    spec: HarnessSpec,
+    hash: String,
+    /// Gate-split successes, per task, `calibration.attempts` attempts.
+    gate: BTreeMap<String, Vec<bool>>,
+    search_dir: PathBuf,
+}
+
+/// What gating one candidate produced.
+struct Gated {
+    decision: GateDecision,
+    child: HarnessSpec,
+    child_table: BTreeMap<String, Vec<bool>>,
+}
+
+impl Evolution {
+    /// Runs the loop to its end (rounds, patience) and returns the summary; the final held-out
+    /// evaluation is [`crate::report::final_evaluation`], given the trace store back.
+    pub async fn run(&self) -> Result<(EvolutionSummary, TraceStore), EvolveError> {
+        let mut audit = Vec::new();
+        self.run_recording(&mut audit).await
+    }
+
+    /// Re-derives the decisions from the stored rollouts (mode [`Mode::Replay`]): the decisions
+    /// made, and the error that stopped the replay early if one did (a rollout the original run
+    /// never made because it decided otherwise, say).
+    pub async fn replay(&self) -> (Vec<Value>, Option<EvolveError>) {
+        let mut audit = Vec::new();
+        match self.run_recording(&mut audit).await {
+            Ok(_) => (audit, None),
+            Err(error) => (audit, Some(error)),
+        }
+    }
+
+    async fn run_recording(
+        &self,
+        audit: &mut Vec<Value>,
+    ) -> Result<(EvolutionSummary, TraceStore), EvolveError> {
+        let mut store = TraceStore::new(self.splits.clone());
+        let mut curves = Vec::new();
+        let mut episodes: u64 = 0;
+        let seed_hash = self.harness_file(&self.seed_harness)?.1;
+
+        // Round 0: search rollouts of the seed, and the A/A noise calibration on the gate split.
+        let search_dir = self
+            .run_search(0, &self.seed_harness, &mut episodes)
+            .await?;
+        let mut calibration = self.calibrate(&mut episodes, audit).await?;
+        let gate_dir = self.parent_gate_run(&calibration, &mut episodes).await?;
+        let mut parent = Parent {
+            spec: self.seed_harness.clone(),
+            hash: seed_hash,
+            gate: self.gate_table(&gate_dir, calibration.attempts)?,
+            search_dir,
+        };
+        curves.push(self.curve_point(0, &parent, Vec::new(), episodes)?);
+        self.write_progress_files(audit, &curves, &BTreeMap::new())?;
+
+        let mut history: Vec<EditRecord> = Vec::new();
+        let mut scores: BTreeMap<String, LeverScore> = BTreeMap::new();
+        let mut previous_digests: Option<Vec<TaskDigest>> = None;
+        let mut strategy_concern: Option<String> = None;
+        let mut tried: BTreeSet<(String, String)> = BTreeSet::new();
+        let mut stalled = 0u32;
+        let mut rounds_run = 0u32;
+        let mut stop_reason = format!("ran all {} rounds", self.config.rounds);
+        for round in 1..=self.config.rounds {
+            rounds_run = round;
+            let run = store.load_run(&parent.search_dir)?.clone();
+            let episodes_of: Vec<Episode<'_>> = run
+                .outcomes
+                .iter()
+                .map(|outcome| Episode {
+                    outcome,
+                    trajectory: run.trajectory(&outcome.task_id, outcome.attempt),
+                })
+                .collect();
+            let splits = &self.splits;
+            let digests = digest_tasks(
+                &episodes_of,
+                &|task| splits.cluster(task).to_string(),
+                Some(&parent.spec),
+            );
+            self.progress
+                .stage(round, "digest", &format!("{} search tasks", digests.len()));
+            if round > 1 {
+                self.update_predictions(&mut scores, &digests, &history, round);
+            }
+            let landscape = plan(PlanInput {
+                round,
+                digests: &digests,
+                previous: previous_digests.as_deref(),
+                history: &history,
+                strategy_concern: strategy_concern.as_deref(),
+            });
+            self.progress.stage(
+                round,
+                "plan",
+                &format!(
+                    "{} solved, {} flaky, {} failed",
+                    landscape.solved, landscape.flaky, landscape.failed
+                ),
+            );
+            let demonstrations = demonstrations(&run, &self.splits);
+            let proposals = self
+                .proposals(
+                    round,
+                    &parent,
+                    &landscape,
+                    &digests,
+                    &demonstrations,
+                    &history,
+                )
+                .await?;
+            if self.mode == Mode::Evolve {
+                artifacts::write_round(
+                    &self.dir,
+                    &RoundFiles {
+                        round,
+                        parent: &parent.spec,
+                        digests: &digests,
+                        landscape: &landscape,
+                        proposals: &proposals,
+                    },
+                )?;
+            }
+            for rejected in &proposals.rejected {
+                audit.push(json!({
+                    "round": round, "candidate_id": rejected.candidate_id, "stage": "evolver",
+                    "decision": "invalid", "evolver": rejected.evolver, "reason": rejected.reason,
+                }));
+            }
+
+            // Critic, then the gate for each survivor.
+            let context = self.critic_context(round, &scores);
+            let mut verdicts: Vec<CriticVerdict> = Vec::new();
+            let mut decisions: Vec<GateDecision> = Vec::new();
+            let mut gated: BTreeMap<String, Gated> = BTreeMap::new();
+            for candidate in &proposals.candidates {
+                let score = scores
+                    .entry(candidate.manifest.operator.clone())
+                    .or_default();
+                score.tries += 1;
+                let record = |verdict: EditVerdict| EditRecord {
+                    round,
+                    candidate_id: candidate.id().to_string(),
+                    operator: candidate.manifest.operator.clone(),
+                    buckets: candidate.manifest.buckets.clone(),
+                    targets: candidate
+                        .manifest
+                        .capability_evidence
+                        .iter()
+                        .map(|e| e.kind.clone())
+                        .collect(),
+                    verdict,
+                    hit: false,
+                };
+                let child = match apply_edits(&parent.spec, &candidate.edits, &builtin_registry()) {
+                    Ok(child) => child,
+                    Err(error) => {
+                        audit.push(json!({
+                            "round": round, "candidate_id": candidate.id(), "stage": "apply",
+                            "decision": "invalid", "reason": error.to_string(),
+                        }));
+                        history.push(record(EditVerdict::Invalid));
+                        continue;
+                    }
+                };
+                let mut verdict = review(&parent.spec, &child, Some(&candidate.manifest), &context);
+                verdict.candidate_id = Some(candidate.id().to_string());
+                audit.push(json!({
+                    "round": round, "candidate_id": candidate.id(), "stage": "critic",
+                    "decision": verdict.decision, "verdict": verdict,
+                }));
+                if !verdict.accepted() {
+                    self.progress
+                        .stage(round, "critic", &format!("{} rejected", candidate.id()));
+                    if let Some(concern) = &verdict.strategy_concern {
+                        strategy_concern = Some(concern.clone());
+                    }
+                    history.push(record(EditVerdict::RejectedByCritic));
+                    verdicts.push(verdict);
+                    continue;
+                }
+                let child_hash = kiln_harness::content_hash(&child, &builtin_registry()).ok();
+                if let Some(hash) = &child_hash
+                    && !tried.insert((parent.hash.clone(), hash.clone()))
+                {
+                    audit.push(json!({
+                        "round": round, "candidate_id": candidate.id(), "stage": "dedup",
+                        "decision": "skipped",
+                        "reason": format!("harness {hash} was already gated against this parent"),
+                    }));
+                    history.push(record(EditVerdict::Invalid));
+                    verdicts.push(verdict);
+                    continue;
+                }
+                score.gated += 1;
+                let result = self
+                    .gate_candidate(
+                        round,
+                        candidate.id(),
+                        &child,
+                        verdict.budget.charge,
+                        &parent,
+                        &calibration,
+                        &mut episodes,
+                    )
+                    .await?;
+                audit.push(json!({
+                    "round": round, "candidate_id": candidate.id(), "stage": "gate",
+                    "decision": if result.decision.shipped() { "ship" } else { "reject" },
+                    "gate": result.decision,
+                }));
+                self.progress.stage(
+                    round,
+                    "gate",
+                    &format!("{}: {}", candidate.id(), verdict_line(&result.decision)),
+                );
+                let mut entry = record(if result.decision.shipped() {
+                    EditVerdict::Shipped
+                } else {
+                    EditVerdict::RejectedByGate
+                });
+                entry.hit = result.decision.shipped()
+                    && result
+                        .decision
+                        .aggregate
+                        .as_ref()
+                        .is_some_and(|a| a.gain > 0.0);
+                history.push(entry);
+                decisions.push(result.decision.clone());
+                verdicts.push(verdict);
+                gated.insert(candidate.id().to_string(), result);
+            }
+
+            // Which candidates ship: the best alone, or several with disjoint buckets whose
+            // combination passes the gate again.
+            let mut ranked: Vec<(&GateDecision, Vec<Bucket>)> = decisions
+                .iter()
+                .filter(|d| d.shipped())
+                .map(|d| {
+                    let buckets = proposals
+                        .candidates
+                        .iter()
+                        .find(|c| c.id() == d.candidate_id)
+                        .map(|c| c.manifest.buckets.clone())
+                        .unwrap_or_default();
+                    (d, buckets)
+                })
+                .collect();
+            ranked.sort_by(|a, b| {
+                let gain = |d: &GateDecision| d.aggregate.as_ref().map_or(0.0, |s| s.net_gain);
+                gain(b.0)
+                    .total_cmp(&gain(a.0))
+                    .then_with(|| a.0.candidate_id.cmp(&b.0.candidate_id))
+            });
+            let ranked: Vec<Shippable> = ranked
+                .into_iter()
+                .map(|(d, buckets)| Shippable {
+                    candidate_id: d.candidate_id.clone(),
+                    buckets,
+                })
+                .collect();
+            let members = disjoint_selection(&ranked);
+            let combined = if members.len() > 1 {
+                self.gate_combination(
+                    round,
+                    &members,
+                    &proposals,
+                    &parent,
+                    &calibration,
+                    &mut episodes,
+                )
+                .await?
+            } else {
+                None
+            };
+            if let Some((decision, _, _)) = &combined {
+                audit.push(json!({
+                    "round": round, "candidate_id": decision.candidate_id, "stage": "combination_gate",
+                    "decision": if decision.shipped() { "ship" } else { "reject" },
+                    "gate": decision,
+                }));
+            }
+            let choice = combination_decision(&members, combined.as_ref().map(|c| &c.0));
+            audit.push(json!({
+                "round": round, "stage": "ship", "ship": choice.ship, "reason": choice.reason,
+            }));
+            let shipped = choice.ship.clone();
+            let new_parent = match (&combined, shipped.len()) {
+                (_, 0) => None,
+                (Some((decision, child, table)), n) if n > 1 && decision.shipped() => {
+                    Some((child.clone(), table.clone()))
+                }
+                _ => gated
+                    .get(&shipped[0])
+                    .map(|g| (g.child.clone(), g.child_table.clone())),
+            };
+            for id in &shipped {
+                if let Some(candidate) = proposals.candidates.iter().find(|c| c.id() == id) {
+                    let score = scores
+                        .entry(candidate.manifest.operator.clone())
+                        .or_default();
+                    score.shipped += 1;
+                    score.shipped_rounds.push(round);
+                    if gated.get(id).is_some_and(|g| {
+                        g.decision.aggregate.as_ref().is_some_and(|a| a.gain > 0.0)
+                    }) {
+                        score.hits += 1;
+                    }
+                }
+            }
+            if self.mode == Mode::Evolve {
+                self.write_round_decisions(
+                    round,
+                    &verdicts,
+                    &decisions,
+                    &choice.ship,
+                    &choice.reason,
+                    combined.as_ref().map(|c| &c.0),
+                )?;
+            }
+            previous_digests = Some(digests);
+            match new_parent {
+                Some((spec, table)) => {
+                    stalled = 0;
+                    let (_, hash) = self.harness_file(&spec)?;
+                    let (recalibrated, table) = self
+                        .recalibrate(round, &spec, table, &calibration, &mut episodes)
+                        .await?;
+                    audit.push(json!({
+                        "round": round, "stage": "recalibration", "calibration": recalibrated,
+                    }));
+                    calibration = recalibrated;
+                    let search_dir = self.run_search(round, &spec, &mut episodes).await?;
+                    parent = Parent {
+                        spec,
+                        hash,
+                        gate: table,
+                        search_dir,
+                    };
+                }
+                None => stalled += 1,
+            }
+            curves.push(self.curve_point(round, &parent, shipped, episodes)?);
+            self.write_progress_files(audit, &curves, &scores)?;
+            if stalled >= self.config.patience {
+                stop_reason = format!("no candidate shipped in {stalled} rounds (patience)");
+                break;
+            }
+        }
+        let summary = EvolutionSummary {
+            rounds_run,
+            final_harness: parent.spec,
+            final_hash: parent.hash,
+            audit: audit.clone(),
+            curves,
+            calibration,
+            episodes,
+            stop_reason,
+        };
+        Ok((summary, store))
+    }
+
+    /// Writes `harnesses/<hash>.toml` (canonical) and returns its path and hash.
+    pub fn harness_file(&self, spec: &HarnessSpec) -> Result<(PathBuf, String), EvolveError> {
+        harness_file(&self.dir, spec, self.mode)
+    }
+
+    async fn rollout(&self, plan: Rollout<'_>, episodes: &mut u64) -> Result<PathBuf, EvolveError> {
+        let Rollout {
+            round,
+            purpose,
+            dir,
+            spec,
+            role,
+            tasks,
+            attempts,
+            seed_scope,
+        } = plan;
+        let (harness_file, harness_hash) = self.harness_file(spec)?;
+        let split = match role {
+            SplitRole::Search => self.splits.search_source.clone(),
+            SplitRole::Gate => self.splits.gate_source.clone(),
+            SplitRole::HeldOut => self.splits.held_out_source.clone(),
+        };
+        self.progress.stage(
+            round,
+            "rollout",
+            &format!("{purpose}: {} tasks x {attempts}", tasks.len()),
+        );
+        *episodes += tasks.len() as u64 * u64::from(attempts);
+        let request = RolloutRequest {
+            purpose,
+            dir: dir.clone(),
+            harness_file,
+            harness_hash,
+            split,
+            tasks,
+            attempts,
+            seed_scope: seed_scope.to_string(),
+        };
+        self.rollouts.run(&request).await?;
+        // Whatever ran it, the directory must now hold exactly this rollout.
+        match crate::rollouts::stored_run(&request)? {
+            crate::rollouts::StoredRun::Complete => Ok(dir),
+            other => Err(EvolveError::Invalid(format!(
+                "rollout {} ended without every outcome recorded ({other:?})",
+                request.purpose
+            ))),
+        }
+    }
+
+    async fn run_search(
+        &self,
+        round: u32,
+        spec: &HarnessSpec,
+        episodes: &mut u64,
+    ) -> Result<PathBuf, EvolveError> {
+        self.rollout(
+            Rollout {
+                round,
+                purpose: format!("R{round} search"),
+                dir: self.round_runs(round).join("search"),
+                spec,
+                role: SplitRole::Search,
+                tasks: self.splits.search.clone(),
+                attempts: self.config.search_attempts,
+                seed_scope: SEARCH_SCOPE,
+            },
+            episodes,
+        )
+        .await
+    }
+
+    fn round_runs(&self, round: u32) -> PathBuf {
+        artifacts::round_dir(&self.dir, round).join("runs")
+    }
+
+    /// Round 0: the seed twice on the gate split with the same seeds (A/A), then the calibration.
+    async fn calibrate(
+        &self,
+        episodes: &mut u64,
+        audit: &mut Vec<Value>,
+    ) -> Result<Calibration, EvolveError> {
+        let n = self.config.attempts;
+        let mut tables = Vec::new();
+        for name in ["gate-a", "gate-b"] {
+            let dir = self
+                .rollout(
+                    Rollout {
+                        round: 0,
+                        purpose: format!("R0 {name}"),
+                        dir: self.round_runs(0).join(name),
+                        spec: &self.seed_harness,
+                        role: SplitRole::Gate,
+                        tasks: self.splits.gate.clone(),
+                        attempts: n,
+                        seed_scope: GATE_SCOPE,
+                    },
+                    episodes,
+                )
+                .await?;
+            tables.push(self.gate_table(&dir, n)?);
+        }
+        let round0: Vec<AaTask> = self
+            .splits
+            .gate
+            .iter()
+            .map(|task| AaTask {
+                task: task.clone(),
+                first: tables[0][task].clone(),
+                second: tables[1][task].clone(),
+            })
+            .collect();
+        let mut gate_config = self.config.gate_config.clone();
+        gate_config.seed = self.config.seed;
+        let calibration = calibrate(&round0, &gate_config);
+        self.progress.stage(
+            0,
+            "calibrate",
+            &format!(
+                "gate n = {} (measured {}), false reject {:.3}, false accept {:.3}{}",
+                calibration.attempts,
+                calibration.measured_attempts,
+                calibration.family_false_reject,
+                calibration.false_accept_rate,
+                if calibration.noise {
+                    ", still noise"
+                } else {
+                    ""
+                }
+            ),
+        );
+        audit.push(json!({"round": 0, "stage": "calibration", "calibration": calibration}));
+        if self.mode == Mode::Evolve {
+            write_json(
+                &artifacts::round_dir(&self.dir, 0).join("calibration.json"),
+                &calibration,
+            )?;
+        }
+        Ok(calibration)
+    }
+
+    /// The gate's tolerances for a newly shipped parent, from its own gate rows: round 0's margins
+    /// came from the seed's pass rates, and a task the seed never solved but the new parent does
+    /// must be protected by what the new parent's rate says is noise. When the per-task check
+    /// would be noise at the current `n` (a task solved 1/1 cannot be told from luck), `n` is
+    /// raised and the new parent's gate rows are measured again at that `n`.
+    async fn recalibrate(
+        &self,
+        round: u32,
+        spec: &HarnessSpec,
+        table: BTreeMap<String, Vec<bool>>,
+        current: &Calibration,
+        episodes: &mut u64,
+    ) -> Result<(Calibration, BTreeMap<String, Vec<bool>>), EvolveError> {
+        let rows = |table: &BTreeMap<String, Vec<bool>>| -> Vec<AaTask> {
+            table
+                .iter()
+                .map(|(task, row)| AaTask {
+                    task: task.clone(),
+                    first: row.clone(),
+                    second: Vec::new(),
+                })
+                .collect()
+        };
+        let wanted = calibrate(&rows(&table), &current.config);
+        let attempts = wanted.attempts.max(current.attempts);
+        if attempts == current.attempts {
+            return Ok((
+                calibrate_at(&rows(&table), &current.config, attempts),
+                table,
+            ));
+        }
+        let dir = self
+            .rollout(
+                Rollout {
+                    round,
+                    purpose: format!("R{round} new parent gate at n = {attempts}"),
+                    dir: self
+                        .round_runs(round)
+                        .join(format!("parent-gate-n{attempts}")),
+                    spec,
+                    role: SplitRole::Gate,
+                    tasks: self.splits.gate.clone(),
+                    attempts,
+                    seed_scope: GATE_SCOPE,
+                },
+                episodes,
+            )
+            .await?;
+        let table = self.gate_table(&dir, attempts)?;
+        let calibration = calibrate_at(&rows(&table), &current.config, attempts);
+        self.progress.stage(
+            round,
+            "calibrate",
+            &format!(
+                "new parent: gate n raised to {attempts}{}",
+                if calibration.noise {
+                    " (still noise)"
+                } else {
+                    ""
+                }
+            ),
+        );
+        Ok((calibration, table))
+    }
+
+    /// The seed's gate run at the calibrated n: `gate-a` when n was not raised.
+    async fn parent_gate_run(
+        &self,
+        calibration: &Calibration,
+        episodes: &mut u64,
+    ) -> Result<PathBuf, EvolveError> {
+        if calibration.attempts == self.config.attempts {
+            return Ok(self.round_runs(0).join("gate-a"));
+        }
+        self.rollout(
+            Rollout {
+                round: 0,
+                purpose: format!("R0 gate at n = {}", calibration.attempts),
+                dir: self
+                    .round_runs(0)
+                    .join(format!("gate-n{}", calibration.attempts)),
+                spec: &self.seed_harness,
+                role: SplitRole::Gate,
+                tasks: self.splits.gate.clone(),
+                attempts: calibration.attempts,
+                seed_scope: GATE_SCOPE,
+            },
+            episodes,
+        )
+        .await
+    }
+
+    fn gate_table(
+        &self,
+        dir: &Path,
+        attempts: u32,
+    ) -> Result<BTreeMap<String, Vec<bool>>, EvolveError> {
+        let outcomes = read_outcomes(dir).map_err(EvolveError::Invalid)?;
+        Ok(success_table(&outcomes, &self.splits.gate, attempts))
+    }
+
+    /// Proposals of round `round`: stored ones when the round was proposed before (a resumed or
+    /// replayed evolution judges the same candidates), else the evolvers'.
+    async fn proposals(
+        &self,
+        round: u32,
+        parent: &Parent,
+        landscape: &Landscape,
+        digests: &[TaskDigest],
+        demonstrations: &[Demonstration],
+        history: &[EditRecord],
+    ) -> Result<Proposals, EvolveError> {
+        let path = artifacts::round_dir(&self.dir, round).join("proposals.json");
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let stored: StoredProposals = serde_json::from_str(&text)
+                .map_err(|error| EvolveError::Invalid(format!("{}: {error}", path.display())))?;
+            if stored.parent != parent.hash {
+                return Err(EvolveError::Invalid(format!(
+                    "{}: proposed for parent {}, but this round's parent is {}",
+                    path.display(),
+                    stored.parent,
+                    parent.hash
+                )));
+            }
+            return Ok(stored.proposals());
+        }
+        if self.mode == Mode::Replay {
+            return Err(EvolveError::Invalid(format!(
+                "{} is missing: replay judges stored proposals only",
+                path.display()
+            )));
+        }
+        let share = split_evenly(self.config.candidates, self.evolvers.len());
+        let mut proposals = Proposals::default();
+        for (index, (evolver, k)) in self.evolvers.iter().zip(share).enumerate() {
+            if k == 0 {
+                continue;
+            }
+            let input = EvolveInput {
+                env: &self.config.env,
+                round,
+                parent: &parent.spec,
+                landscape,
+                digests,
+                splits: &self.splits,
+                demonstrations,
+                history,
+                k,
+                seed: self.config.seed.wrapping_add(index as u64),
+            };
+            let mut more = evolver.propose(&input).await;
+            self.progress.stage(
+                round,
+                "evolve",
+                &format!(
+                    "{}: {} candidates, {} rejected proposals",
+                    evolver.name(),
+                    more.candidates.len(),
+                    more.rejected.len()
+                ),
+            );
+            proposals.candidates.append(&mut more.candidates);
+            proposals.rejected.append(&mut more.rejected);
+        }
+        renumber(round, &mut proposals);
+        write_json(
+            &path,
+            &StoredProposals {
+                parent: parent.hash.clone(),
+                candidates: proposals.candidates.clone(),
+                rejected: proposals
+                    .rejected
+                    .iter()
+                    .map(|r| StoredRejected {
+                        candidate_id: r.candidate_id.clone(),
+                        evolver: r.evolver.clone(),
+                        reason: r.reason.clone(),
+                        raw: r.raw.clone(),
+                    })
+                    .collect(),
+            },
+        )?;
+        Ok(proposals)
+    }
+
+    fn critic_context(&self, round: u32, scores: &BTreeMap<String, LeverScore>) -> CriticContext {
+        CriticContext {
+            forbidden: self.forbidden.clone(),
+            search_split: Some(self.splits.search.iter().cloned().collect()),
+            seed: Some(self.seed_harness.clone()),
+            lever_history: scores
+                .iter()
+                .map(|(operator, score)| LeverHistory {
+                    operator: operator.clone(),
+                    shipped_rounds: score.shipped_rounds.clone(),
+                    hit_rate: score.prediction_precision().unwrap_or(score.hit_rate()),
+                })
+                .collect(),
+            round,
+            ..CriticContext::default()
+        }
+    }
+
+    /// Smoke episode, then the child on the gate split paired with the parent.
+    #[allow(clippy::too_many_arguments)]
+    async fn gate_candidate(
+        &self,
+        round: u32,
+        id: &str,
+        child: &HarnessSpec,
+        budget_charge: f64,
+        parent: &Parent,
+        calibration: &Calibration,
+        episodes: &mut u64,
+    ) -> Result<Gated, EvolveError> {
+        let canonical = canonical_check(child, &builtin_registry());
+        let mut input = GateInput {
+            candidate_id: id.to_string(),
+            canonical: canonical.clone(),
+            smoke: SmokeResult {
+                ran: false,
+                harness_error: None,
+            },
+            outcomes: Vec::new(),
+            budget_charge,
+        };
+        let mut child_table = BTreeMap::new();
+        if matches!(canonical, crate::gate::CanonicalCheck::Ok { .. }) {
+            input.smoke = self.smoke(round, id, child, episodes).await?;
+            if input.smoke.ran && input.smoke.harness_error.is_none() {
+                let dir = self
+                    .rollout(
+                        Rollout {
+                            round,
+                            purpose: format!("R{round} {id} gate"),
+                            dir: self.round_runs(round).join(format!("{id}-gate")),
+                            spec: child,
+                            role: SplitRole::Gate,
+                            tasks: self.splits.gate.clone(),
+                            attempts: calibration.attempts,
+                            seed_scope: GATE_SCOPE,
+                        },
+                        episodes,
+                    )
+                    .await?;
+                child_table = self.gate_table(&dir, calibration.attempts)?;
+                input.outcomes = paired(&parent.gate, &child_table);
+            }
+        }
+        Ok(Gated {
+            decision: decide(&input, calibration),
+            child: child.clone(),
+            child_table,
+        })
+    }
+
+    /// One episode of the child on the first search task: a harness that fails at once is
+    /// rejected before it costs a gate run.
+    async fn smoke(
+        &self,
+        round: u32,
+        id: &str,
+        child: &HarnessSpec,
+        episodes: &mut u64,
+    ) -> Result<SmokeResult, EvolveError> {
+        let Some(task) = self.splits.search.first() else {
+            return Ok(SmokeResult {
+                ran: false,
+                harness_error: Some("the search split is empty".into()),
+            });
+        };
+        let dir = self
+            .rollout(
+                Rollout {
+                    round,
+                    purpose: format!("R{round} {id} smoke"),
+                    dir: self.round_runs(round).join(format!("{id}-smoke")),
+                    spec: child,
+                    role: SplitRole::Search,
+                    tasks: vec![task.clone()],
+                    attempts: 1,
+                    seed_scope: SMOKE_SCOPE,
+                },
+                episodes,
+            )
+            .await?;
+        let outcomes = read_outcomes(&dir).map_err(EvolveError::Invalid)?;
+        let Some(outcome) = outcomes.first() else {
+            return Ok(SmokeResult {
+                ran: false,
+                harness_error: None,
+            });
+        };
+        let harness_error = (outcome.termination == Termination::HarnessError).then(|| {
+            outcome
+                .error
+                .clone()
+                .unwrap_or_else(|| "the harness stopped the episode".into())
+        });
+        Ok(SmokeResult {
+            ran: true,
+            harness_error,
+        })
+    }
+
+    /// Gates the members' edits applied together. None when they do not compose.
+    async fn gate_combination(
+        &self,
+        round: u32,
+        members: &[Shippable],
+        proposals: &Proposals,
+        parent: &Parent,
+        calibration: &Calibration,
+        episodes: &mut u64,
+    ) -> Result<Option<(GateDecision, HarnessSpec, BTreeMap<String, Vec<bool>>)>, EvolveError> {
+        let mut edits = Vec::new();
+        for member in members {
+            let Some(candidate) = proposals
+                .candidates
+                .iter()
+                .find(|c| c.id() == member.candidate_id)
+            else {
+                return Ok(None);
+            };
+            edits.extend(candidate.edits.iter().cloned());
+        }
+        let Ok(child) = apply_edits(&parent.spec, &edits, &builtin_registry()) else {
+            return Ok(None);
+        };
+        let verdict = review(
+            &parent.spec,
+            &child,
+            None,
+            &self.critic_context(round, &BTreeMap::new()),
+        );
+        let id = format!("C-R{round}-combined");
+        let gated = self
+            .gate_candidate(
+                round,
+                &id,
+                &child,
+                verdict.budget.charge,
+                parent,
+                calibration,
+                episodes,
+            )
+            .await?;
+        Ok(Some((gated.decision, gated.child, gated.child_table)))
+    }
+
+    /// Realized unlocks of last round's shipped candidates: predicted search tasks solved now.
+    fn update_predictions(
+        &self,
+        scores: &mut BTreeMap<String, LeverScore>,
+        current: &[TaskDigest],
+        history: &[EditRecord],
+        round: u32,
+    ) {
+        let solved: BTreeSet<&str> = current
+            .iter()
+            .filter(|d| d.status == TaskStatus::Solved)
+            .map(|d| d.task_id.as_str())
+            .collect();
+        let path = artifacts::round_dir(&self.dir, round - 1).join("proposals.json");
+        let Ok(text) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let Ok(stored) = serde_json::from_str::<StoredProposals>(&text) else {
+            return;
+        };
+        for entry in history
+            .iter()
+            .filter(|e| e.round == round - 1 && e.verdict == EditVerdict::Shipped)
+        {
+            let Some(candidate) = stored
+                .candidates
+                .iter()
+                .find(|c| c.id() == entry.candidate_id)
+            else {
+                continue;
+            };
+            let predicted = &candidate.manifest.predicted_impact.tasks_will_unlock;
+            let score = scores.entry(entry.operator.clone()).or_default();
+            score.predicted_unlocks += predicted.len() as u32;
+            score.realized_unlocks += predicted
+                .iter()
+                .filter(|t| solved.contains(t.as_str()))
+                .count() as u32;
+        }
+    }
+
+    fn curve_point(
+        &self,
+        round: u32,
+        parent: &Parent,
+        shipped: Vec<String>,
+        episodes: u64,
+    ) -> Result<CurvePoint, EvolveError> {
+        let gate_successes: u64 = parent.gate.values().flatten().filter(|s| **s).count() as u64;
+        let gate_total: u64 = parent.gate.values().map(|r| r.len() as u64).sum();
+        let search = read_outcomes(&parent.search_dir).map_err(EvolveError::Invalid)?;
+        let search_successes = search.iter().filter(|o| o.success).count() as u64;
+        Ok(CurvePoint {
+            round,
+            parent: parent.hash.clone(),
+            gate_pass_at_1: stats::pass_at_1(gate_successes, gate_total),
+            search_pass_at_1: stats::pass_at_1(search_successes, search.len() as u64),
+            shipped,
+            episodes,
+        })
+    }
+
+    fn write_progress_files(
+        &self,
+        audit: &[Value],
+        curves: &[CurvePoint],
+        scores: &BTreeMap<String, LeverScore>,
+    ) -> Result<(), EvolveError> {
+        if self.mode == Mode::Replay {
+            return Ok(());
+        }
+        let lines: String = audit.iter().map(|v| v.to_string() + "\n").collect();
+        write_text(&self.dir.join("audit.jsonl"), &lines)?;
+        write_json(&self.dir.join("curves.json"), &curves)?;
+        let board: BTreeMap<&String, Value> = scores
+            .iter()
+            .map(|(operator, score)| {
+                (
+                    operator,
+                    json!({
+                        "tries": score.tries, "gated": score.gated, "shipped": score.shipped,
+                        "shipped_rounds": score.shipped_rounds, "hit_rate": score.hit_rate(),
+                        "prediction_precision": score.prediction_precision(),
+                    }),
+                )
+            })
+            .collect();
+        write_json(&self.dir.join("scoreboard.json"), &board)
+    }
+
+    fn write_round_decisions(
+        &self,
+        round: u32,
+        verdicts: &[CriticVerdict],
+        decisions: &[GateDecision],
+        ship: &[String],
+        reason: &str,
+        combined: Option<&GateDecision>,
+    ) -> Result<(), EvolveError> {
+        let dir = artifacts::round_dir(&self.dir, round);
+        write_json(&dir.join("verdicts.json"), &verdicts)?;
+        let mut gate: Vec<&GateDecision> = decisions.iter().collect();
+        gate.extend(combined);
+        write_json(&dir.join("gate.json"), &gate)?;
+        let mut text = format!("# Round {round}: decision\n\n");
+        if ship.is_empty() {
+            let _ = writeln!(text, "Nothing shipped: {reason}.\n");
+        } else {
+            let _ = writeln!(text, "Shipped: {} ({reason}).\n", ship.join(", "));
+        }
+        text.push_str(
+            "| candidate | critic | gate | p | gain | net gain |\n|---|---|---|---|---|---|\n",
+        );
+        for verdict in verdicts {
+            let id = verdict.candidate_id.clone().unwrap_or_default();
+            let decision = decisions.iter().find(|d| d.candidate_id == id);
+            let (gate, p, gain, net) = match decision {
+                Some(d) => {
+                    let stats = d.aggregate.as_ref();
+                    (
+                        verdict_line(d),
+                        stats.map_or("-".into(), |s| format!("{:.4}", s.p_value)),
+                        stats.map_or("-".into(), |s| format!("{:+.3}", s.gain)),
+                        stats.map_or("-".into(), |s| format!("{:+.3}", s.net_gain)),
+                    )
+                }
+                None => ("-".into(), "-".into(), "-".into(), "-".into()),
+            };
+            let critic = if verdict.accepted() {
+                "accept".to_string()
+            } else {
+                let reasons: Vec<String> =
+                    verdict.reasons.iter().map(|r| r.message.clone()).collect();
+                format!("reject: {}", reasons.join("; ").replace('|', "/"))
+            };
+            let _ = writeln!(
+                text,
+                "| {id} | {critic} | {} | {p} | {gain} | {net} |",
+                gate.replace('|', "/")
+            );
+        }
+        write_text(&dir.join("decision.md"), &text)?;
+        let mut regressions = format!("# Round {round}: regressions\n\n");
+        let mut any = false;
+        for decision in decisions.iter().chain(combined) {
+            for r in &decision.regressions {
+                any = true;
+                let _ = writeln!(
+                    regressions,
+                    "- {} lost `{}`: {:.2} -> {:.2} over {} attempts (tolerance {} attempts)",
+                    decision.candidate_id,
+                    r.task,
+                    r.parent_rate,
+                    r.child_rate,
+                    r.attempts,
+                    r.margin
+                );
+            }
+        }
+        if !any {
+            regressions.push_str("None.\n");
+        }
+        write_text(&dir.join("regressions.md"), &regressions)
+    }
+}
+
+/// A gate table's rows paired with the parent's, in gate-task order.
+fn paired(
+    parent: &BTreeMap<String, Vec<bool>>,
+    child: &BTreeMap<String, Vec<bool>>,
+) -> Vec<PairedTask> {
+    parent
+        .iter()
+        .map(|(task, row)| PairedTask {
+            task: task.clone(),
+            parent: row.clone(),
+            child: child.get(task).cloned().unwrap_or_default(),
+        })
+        .collect()
+}
+
+fn verdict_line(decision: &GateDecision) -> String {
+    match &decision.verdict {
+        crate::gate::GateVerdict::Ship => "ship".to_string(),
+        crate::gate::GateVerdict::Reject { stage, reason } => {
+            format!("reject at {stage:?}: {reason}")
+        }
+    }
+}
+
+/// The agent's own successes on the search split, as demonstrations.
+fn demonstrations(run: &crate::traces::RunTraces, splits: &EvolutionSplits) -> Vec<Demonstration> {
+    let mut seen = BTreeSet::new();
+    run.outcomes
+        .iter()
+        .filter(|o| o.success && seen.insert(o.task_id.clone()))
+        .filter_map(|o| run.trajectory(&o.task_id, o.attempt))
+        .filter_map(|t| Demonstration::from_trajectory(t, splits, "agent").ok())
+        .collect()
+}
+
+/// `k` split over `n` evolvers, the first ones taking the remainder.
+fn split_evenly(k: usize, n: usize) -> Vec<usize> {
+    if n == 0 {
+        return Vec::new();
+    }
+    (0..n).map(|i| k / n + usize::from(i < k % n)).collect()
+}
+
+/// Candidate ids in proposal order, across evolvers: `C-R<round>-01`, …
+fn renumber(round: u32, proposals: &mut Proposals) {
+    let mut index = 0;
+    for candidate in &mut proposals.candidates {
+        candidate.manifest.candidate_id = crate::candidate::candidate_id(round, index);
+        index += 1;
+    }
+    for rejected in &mut proposals.rejected {
+        rejected.candidate_id = crate::candidate::candidate_id(round, index);
+        index += 1;
+    }
+}
+
+/// `R<n>/proposals.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredProposals {
+    /// The parent's content hash.
+    parent: String,
+    candidates: Vec<Candidate>,
+    rejected: Vec<StoredRejected>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct StoredRejected {
+    candidate_id: String,
+    evolver: String,
+    reason: String,
+    raw: String,
+}
+
+impl StoredProposals {
+    fn proposals(self) -> Proposals {
+        Proposals {
+            candidates: self.candidates,
+            rejected: self
+                .rejected
+                .into_iter()
+                .map(|r| RejectedProposal {
+                    candidate_id: r.candidate_id,
+                    evolver: r.evolver,
+                    reason: r.reason,
+                    raw: r.raw,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Writes `harnesses/<hash>.toml` under `dir` (every harness version by hash) unless replaying.
+pub fn harness_file(
+    dir: &Path,
+    spec: &HarnessSpec,
+    mode: Mode,
+) -> Result<(PathBuf, String), EvolveError> {
+    let harness = Harness::new(spec).map_err(|error| {
+        EvolveError::Invalid(format!("harness `{}` is invalid: {error}", spec.name))
+    })?;
+    let hash = harness.hash().to_string();
+    let path = dir.join("harnesses").join(format!("{hash}.toml"));
+    if mode == Mode::Evolve && !path.exists() {
+        let text = harness.canonical_toml().map_err(|error| {
+            EvolveError::Invalid(format!("harness {hash} does not serialize: {error}"))
+        })?;
+        write_text(&path, &text)?;
+    }
+    Ok((path, hash))
+}
+
+pub(crate) fn write_text(path: &Path, text: &str) -> Result<(), EvolveError> {
+    let failure = |error: std::io::Error| {
+        EvolveError::Artifacts(ArtifactFailure {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        })
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(failure)?;
+    }
+    // Write-then-rename: an interrupted evolution never leaves half a file behind.
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text).map_err(failure)?;
+    std::fs::rename(&partial, path).map_err(failure)
+}
+
+pub(crate) fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), EvolveError> {
+    let text = serde_json::to_string_pretty(value).map_err(|error| {
+        EvolveError::Invalid(format!("{}: cannot serialize: {error}", path.display()))
+    })?;
+    write_text(path, &(text + "\n"))
+}
+
+/// Reads `audit.jsonl`.
+pub fn read_audit(dir: &Path) -> Result<Vec<Value>, EvolveError> {
+    let path = dir.join("audit.jsonl");
+    let text = std::fs::read_to_string(&path).map_err(|error| {
+        EvolveError::Invalid(format!("cannot read {}: {error}", path.display()))
+    })?;
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .enumerate()
+        .map(|(index, line)| {
+            serde_json::from_str(line).map_err(|error| {
+                EvolveError::Invalid(format!("{} line {}: {error}", path.display(), index + 1))
+            })
+        })
+        .collect()
+}
+
+/// How a replay's decisions differ from the stored ones: one line per differing, missing or extra
+/// decision. Empty when every decision was re-derived identically.
+pub fn audit_differences(stored: &[Value], derived: &[Value]) -> Vec<String> {
+    let label = |v: &Value| {
+        format!(
+            "round {} {} {}",
+            v.get("round").unwrap_or(&Value::Null),
+            v.get("candidate_id").and_then(Value::as_str).unwrap_or("-"),
+            v.get("stage").and_then(Value::as_str).unwrap_or("-")
+        )
+    };
+    // What was decided: the verdict, or the shipped list of a round's ship line.
+    let outcome = |v: &Value| {
+        v.get("decision")
+            .or_else(|| v.get("ship"))
+            .unwrap_or(&Value::Null)
+            .to_string()
+    };
+    let mut differences = Vec::new();
+    for index in 0..stored.len().max(derived.len()) {
+        match (stored.get(index), derived.get(index)) {
+            (Some(a), Some(b)) if a == b => {}
+            (Some(a), Some(b)) => differences.push(format!(
+                "decision {}: stored {} = {}, re-derived {} = {}",
+                index + 1,
+                label(a),
+                outcome(a),
+                label(b),
+                outcome(b)
+            )),
+            (Some(a), None) => differences.push(format!(
+                "decision {}: stored {} was not re-derived",
+                index + 1,
+                label(a)
+            )),
+            (None, Some(b)) => differences.push(format!(
+                "decision {}: re-derived {} is not in the stored audit",
+                index + 1,
+                label(b)
+            )),
+            (None, None) => {}
+        }
+    }
+    differences
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_are_shared_out_and_renumbered() {
+        assert_eq!(split_evenly(5, 2), vec![3, 2]);
+        assert_eq!(split_evenly(1, 2), vec![1, 0]);
+        assert_eq!(split_evenly(4, 1), vec![4]);
+    }
+
+    #[test]
+    fn configurations_name_their_differences() {
+        let config = EvolveConfig {
+            env: "webshop".into(),
+            model: "local:smollm2".into(),
+            seed_harness: "abc".into(),
+            rounds: 3,
+            candidates: 3,
+            attempts: 2,
+            search_attempts: 1,
+            final_attempts: 3,
+            patience: 2,
+            search: 10,
+            gate: 10,
+            held_out: None,
+            evolver: "rules".into(),
+            meta_model: None,
+            seed: 0,
+            baseline_max_attempts: 8,
+            gate_config: GateConfig::default(),
+        };
+        assert!(config.differences(&config).is_empty());
+        let mut other = config.clone();
+        other.rounds = 5;
+        other.seed = 1;
+        let differences = config.differences(&other);
+        assert_eq!(differences.len(), 2, "{differences:?}");
+        assert!(differences[0].starts_with("rounds: evolve.toml has 5, requested 3"));
+    }
+}
