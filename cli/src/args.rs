@@ -276,8 +276,8 @@ pub struct SandboxArgs {
     pub sandbox_cpus: f64,
 }
 
-/// How to reach the cluster. Every process of a cluster should use the same lease and
-/// max-deliver: the last one to connect sets them on the shared consumer.
+/// How to reach the cluster. Every process of a cluster should use the same lease, max-deliver
+/// and duplicate window: the last one to connect sets them on the shared consumer and streams.
 #[derive(Debug, Args)]
 pub struct NatsArgs {
     /// NATS server URL (`nats://host:4222`).
@@ -290,6 +290,10 @@ pub struct NatsArgs {
     /// Deliveries of one task at most; then it is recorded as an error.
     #[arg(long, default_value_t = 5)]
     pub max_deliver: i64,
+    /// Window in seconds in which the server drops a task or result queued again under the same
+    /// (run, task, attempt) message id.
+    #[arg(long, default_value_t = 120)]
+    pub duplicate_window_s: u64,
 }
 
 /// `kiln worker`.

@@ -9,6 +9,7 @@ use kiln_worker::{HarnessStore, Transport};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde_json::Value;
 
+use crate::backlog::read_backlog;
 use crate::config::RunConfig;
 use crate::error::{CoordinatorError, CoordinatorErrorKind};
 use crate::plan::pending_tasks;
@@ -77,24 +78,27 @@ async fn dispatch_all(state: &mut DispatcherArgs) -> Result<(), CoordinatorError
                 format!("cannot publish harness {harness_hash}: {error}"),
             )
         })?;
-    // After a coordinator restart some tasks are still in a durable queue: queue only the rest.
-    let queued = state
-        .transport
-        .queued(&state.config.run_id)
-        .await
-        .map_err(|error| {
-            CoordinatorError::new(
-                CoordinatorErrorKind::Transport,
-                format!("cannot list the queued tasks: {error}"),
-            )
-        })?;
-    let skip: BTreeSet<(String, u32)> = state.done.union(&queued).cloned().collect();
-    let tasks = pending_tasks(&state.config, &skip, &state.env_options, state.timeout_s);
+    // After a coordinator restart some tasks are still in a durable queue and some finished
+    // while it was down: queue only the rest.
+    let backlog = read_backlog(
+        state.transport.as_ref(),
+        &state.config.run_id,
+        state.done.clone(),
+    )
+    .await?;
+    let tasks = pending_tasks(
+        &state.config,
+        &backlog.taken_care_of(),
+        &state.env_options,
+        state.timeout_s,
+    );
     let count = tasks.len();
-    if !queued.is_empty() {
+    if !backlog.queued.is_empty() || backlog.published_unrecorded() > 0 {
         tracing::info!(
-            already_queued = queued.len(),
-            "tasks still queued from an earlier session are not queued again"
+            run_id = %state.config.run_id,
+            already_queued = backlog.queued.len(),
+            published_unrecorded = backlog.published_unrecorded(),
+            "tasks queued or finished in an earlier session are not queued again"
         );
     }
     for task in tasks {
@@ -106,7 +110,7 @@ async fn dispatch_all(state: &mut DispatcherArgs) -> Result<(), CoordinatorError
             )
         })?;
     }
-    tracing::info!(tasks = count, "tasks dispatched");
+    tracing::info!(run_id = %state.config.run_id, tasks = count, "tasks dispatched");
     // The supervisor only logs this; if it is gone the run is over anyway.
     let _ = state.supervisor.cast(SupervisorMsg::Dispatched(count));
     Ok(())

@@ -4,9 +4,11 @@
 //! [`Dispatcher`](dispatcher::Dispatcher) (queues the pending tasks) and a
 //! [`Collector`](collector::Collector) (records each result once, drives progress). The logic they
 //! apply lives in plain modules tested without actors: [`plan`] (what to dispatch, seeds),
-//! [`collection`] (dedup by (run, task, attempt)), [`store`] (the run directory), [`report`].
+//! [`collection`] (dedup by (run, task, attempt)), [`backlog`] (what a restart must not queue
+//! again), [`store`] (the run directory), [`report`].
 //! [`run::execute_run`] and [`run::write_run_report`] are the entry points.
 
+pub mod backlog;
 pub mod collection;
 pub mod collector;
 pub mod config;

@@ -5,7 +5,8 @@
 //!
 //! Restarting it resumes the runs it had not finished: their records are still `running`, their
 //! directories (or, when the directory was lost, the outcomes stream replayed from the start) say
-//! what is recorded, and tasks still in the work queue are not queued again.
+//! what is recorded, and tasks still in the work queue or whose results workers published while no
+//! coordinator ran are not queued again ([`crate::backlog`]).
 //!
 //! One coordinator per NATS cluster: a second one would take over `running` runs too.
 

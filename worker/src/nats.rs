@@ -330,6 +330,35 @@ impl Transport for NatsTransport {
         }
     }
 
+    async fn published(&self, run_id: &str) -> Result<BTreeSet<(String, u32)>, TransportError> {
+        let subject = checked_subject(run_id, outcome_subject)?;
+        let stream = self
+            .inner
+            .jetstream
+            .get_stream(OUTCOMES_STREAM)
+            .await
+            .map_err(|error| backend(format!("cannot open stream {OUTCOMES_STREAM}: {error}")))?;
+        // Headers only: the message id names the key, and the trajectories stay on the server.
+        let consumer: PullConsumer = stream
+            .create_consumer(PullConfig {
+                description: Some(format!("kiln: published result keys of {subject}")),
+                filter_subject: subject.clone(),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::None,
+                headers_only: true,
+                inactive_threshold: Duration::from_secs(60),
+                ..Default::default()
+            })
+            .await
+            .map_err(|error| backend(format!("cannot read the results of {subject}: {error}")))?;
+        let name = consumer.cached_info().name.clone();
+        let keys = published_keys(run_id, &subject, &consumer).await;
+        if let Err(error) = stream.delete_consumer(&name).await {
+            tracing::debug!(%subject, %error, "cannot delete the key-listing consumer; it expires");
+        }
+        keys
+    }
+
     async fn pull(&self) -> Result<Option<Box<dyn TaskLease>>, TransportError> {
         let mut closed = self.inner.close_signal.subscribe();
         loop {
@@ -400,6 +429,67 @@ async fn forward_results(
             }
         }
     }
+}
+
+/// Reads the message ids of the results `consumer` (headers only, from the start of `subject`)
+/// has, up to the last one stored when it was created.
+async fn published_keys(
+    run_id: &str,
+    subject: &str,
+    consumer: &PullConsumer,
+) -> Result<BTreeSet<(String, u32)>, TransportError> {
+    let read_error = |error: &dyn std::fmt::Display| {
+        backend(format!("cannot read the results of {subject}: {error}"))
+    };
+    let mut keys = BTreeSet::new();
+    let mut remaining = consumer.cached_info().num_pending;
+    while remaining > 0 {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(1000)
+            .messages()
+            .await
+            .map_err(|error| read_error(&error))?;
+        let mut fetched = 0;
+        while let Some(next) = batch.next().await {
+            let message = next.map_err(|error| read_error(&error))?;
+            fetched += 1;
+            remaining = message
+                .info()
+                .map(|info| info.pending)
+                .map_err(|error| read_error(&error))?;
+            let id = message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(async_nats::header::NATS_MESSAGE_ID));
+            match id.and_then(|id| key_of_message_id(run_id, id.as_str())) {
+                Some(key) => {
+                    keys.insert(key);
+                }
+                None => {
+                    tracing::warn!(%subject, id = ?id.map(|id| id.as_str()), "result without a run/task/attempt message id")
+                }
+            }
+        }
+        if fetched == 0 && remaining > 0 {
+            // Returning fewer keys would queue finished tasks again: fail, the caller retries.
+            return Err(backend(format!(
+                "the results of {subject} stopped with {remaining} still pending"
+            )));
+        }
+    }
+    Ok(keys)
+}
+
+/// The (task, attempt) of a [`message_id`] of `run_id`; `None` for another run's id or one that
+/// is not `run/task/attempt`. Task ids may hold slashes: the attempt is after the last one.
+pub fn key_of_message_id(run_id: &str, id: &str) -> Option<(String, u32)> {
+    let rest = id.strip_prefix(run_id)?.strip_prefix('/')?;
+    let (task_id, attempt) = rest.rsplit_once('/')?;
+    if task_id.is_empty() {
+        return None;
+    }
+    Some((task_id.to_string(), attempt.parse().ok()?))
 }
 
 /// One delivery of a task from the shared consumer.
@@ -622,6 +712,19 @@ mod tests {
     fn message_ids_name_run_task_and_attempt() {
         assert_eq!(message_id("r1", "42", 0), "r1/42/0");
         assert_ne!(message_id("r1", "42", 0), message_id("r1", "42", 1));
+    }
+
+    #[test]
+    fn message_ids_give_back_their_key() {
+        let id = message_id("r1", "django/issue-7", 3);
+        assert_eq!(
+            key_of_message_id("r1", &id),
+            Some(("django/issue-7".to_string(), 3))
+        );
+        assert_eq!(key_of_message_id("r", &id), None, "another run's id");
+        for bad in ["r1", "r1/", "r1//0", "r1/task", "r1/task/x", "r1/task/-1"] {
+            assert_eq!(key_of_message_id("r1", bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -95,6 +95,15 @@ pub trait Transport: Send + Sync {
         let _ = run_id;
         Ok(BTreeSet::new())
     }
+    /// Coordinator side: the (task, attempt) keys of `run_id` whose results are already
+    /// published, recorded by the coordinator or not (a task that finished while no coordinator
+    /// was running). A worker publishes a result before it acknowledges the task, so a key absent
+    /// from [`Transport::queued`] read first is here when this is read second. A transport whose
+    /// results do not outlive the coordinator (in-process) has none.
+    async fn published(&self, run_id: &str) -> Result<BTreeSet<(String, u32)>, TransportError> {
+        let _ = run_id;
+        Ok(BTreeSet::new())
+    }
     /// Worker side: waits for the next task; `None` once the transport is closed.
     async fn pull(&self) -> Result<Option<Box<dyn TaskLease>>, TransportError>;
     /// Worker side: publish one result.

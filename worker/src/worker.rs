@@ -193,7 +193,7 @@ async fn process_lease(
 ) -> WorkerStats {
     let task = lease.task().clone();
     let started_at = now_millis();
-    tracing::debug!(delivery = lease.delivery(), "task started");
+    tracing::info!(delivery = lease.delivery(), "task started");
     let execution = execute_task(&task, config, deps);
     // A closed abandon channel (no sender) disables that branch instead of abandoning.
     let executed = tokio::select! {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use kiln_protocol::names::TASKS_STREAM;
+use kiln_protocol::names::{OUTCOMES_STREAM, TASKS_STREAM};
 use kiln_protocol::{ModelSpec, TaskSpec, Termination};
 use kiln_worker::testing::NatsServer;
 use kiln_worker::{
@@ -478,6 +478,46 @@ mod nats_only {
         assert_eq!(info.config.max_deliver, 5);
         let stream_info = stream.info().await.unwrap();
         assert_eq!(stream_info.config.duplicate_window, Duration::from_secs(1));
+    }
+
+    /// The keys of a run's published results, read from message ids (headers only, so big
+    /// trajectories stay on the server), for a coordinator that restarts after tasks finished.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn published_lists_the_keys_of_a_runs_results() {
+        let subject = nats().await;
+        let transport = subject.transport.as_ref();
+        assert_eq!(transport.published("r1").await.unwrap(), BTreeSet::new());
+        let mut retry = result("r1", "a", "again");
+        retry.outcome.attempt = 1;
+        let big = "x".repeat(2 * 1024 * 1024);
+        for published in [
+            result("r1", "a", "first"),
+            retry,
+            result("r1", "owner/repo-7", "a task id with a slash"),
+            result("r1", "big", &big),
+            result("r2", "other-run", "not r1's"),
+        ] {
+            transport.publish(published).await.unwrap();
+        }
+        let expected: BTreeSet<(String, u32)> =
+            [("a", 0), ("a", 1), ("owner/repo-7", 0), ("big", 0)]
+                .into_iter()
+                .map(|(task, attempt)| (task.to_string(), attempt))
+                .collect();
+        assert_eq!(transport.published("r1").await.unwrap(), expected);
+        assert_eq!(
+            transport.published("r2").await.unwrap(),
+            BTreeSet::from([("other-run".to_string(), 0)])
+        );
+        // The listing consumers are gone: nothing is left reading the results stream.
+        let nats = subject._server.as_ref().unwrap();
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let stream = async_nats::jetstream::new(client)
+            .get_stream(OUTCOMES_STREAM)
+            .await
+            .unwrap();
+        let consumers: Vec<String> = stream.consumer_names().try_collect().await.unwrap();
+        assert!(consumers.is_empty(), "{consumers:?}");
     }
 
     /// A run id with a dot would land on another subject; it is refused by name.

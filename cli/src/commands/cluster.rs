@@ -12,6 +12,7 @@ pub fn nats_options(args: &NatsArgs) -> NatsOptions {
     NatsOptions {
         lease: Duration::from_secs(args.lease_s.max(1)),
         max_deliver: args.max_deliver,
+        duplicate_window: Duration::from_secs(args.duplicate_window_s.max(1)),
         ..NatsOptions::default()
     }
 }
