@@ -10,191 +10,19 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{kiln_binary, outcome_lines, require_tau2_data, split_task_ids, unique_keys};
+use common::cluster::{
+    Key, KilnProcess, TaskEvent, cluster_flags, coordinator, default_flags, worker,
+};
+use common::{outcome_lines, require_tau2_data, split_task_ids, unique_keys};
 use futures::StreamExt;
 use kiln_models::testing::{Rule, Script, ScriptedResponse, ScriptedServer};
 use kiln_worker::nats::advisories::GIVEN_UP_WORKER;
 use kiln_worker::testing::NatsServer;
 use serde_json::Value;
-
-/// A (task, attempt) key.
-type Key = (String, u32);
-
-/// A `kiln` process whose stderr goes to a log file; killed on drop.
-struct KilnProcess {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl KilnProcess {
-    fn spawn(name: &str, work: &Path, args: &[String]) -> Self {
-        let log = work.join(format!("{name}.log"));
-        let child = Command::new(kiln_binary())
-            .args(["--log-format", "json"])
-            .args(args)
-            .current_dir(work)
-            .env("RUST_LOG", "info")
-            .stdout(File::create(work.join(format!("{name}.out"))).unwrap())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("the kiln binary starts");
-        Self {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The `task started` / `task finished` events this process logged, in order.
-    fn task_events(&self) -> Vec<TaskEvent> {
-        self.log().lines().filter_map(TaskEvent::parse).collect()
-    }
-
-    /// Keys this process started and did not finish: the leases it holds (or held when killed).
-    fn held(&self) -> BTreeSet<Key> {
-        let mut held = BTreeSet::new();
-        for event in self.task_events() {
-            if event.finished {
-                held.remove(&event.key);
-            } else {
-                held.insert(event.key);
-            }
-        }
-        held
-    }
-
-    fn exited(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_some()
-    }
-
-    fn kill_hard(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-
-    fn terminate(&mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        self.wait_for_exit(Duration::from_secs(60))
-    }
-
-    fn wait_for_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not exit within {limit:?}; log:\n{}",
-                self.name,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for KilnProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One `task started` or `task finished` event of a worker's JSON log.
-#[derive(Debug, Clone, PartialEq)]
-struct TaskEvent {
-    key: Key,
-    finished: bool,
-    /// JetStream's delivery count (started events only).
-    delivery: Option<u64>,
-}
-
-impl TaskEvent {
-    fn parse(line: &str) -> Option<Self> {
-        let event: Value = serde_json::from_str(line).ok()?;
-        let finished = match event["message"].as_str()? {
-            "task started" => false,
-            "task finished" => true,
-            _ => return None,
-        };
-        let span = event["spans"]
-            .as_array()?
-            .iter()
-            .find(|span| span["name"] == "task")?;
-        let task_id = span["task_id"].as_str()?.to_string();
-        let attempt = u32::try_from(span["attempt"].as_u64()?).ok()?;
-        Some(Self {
-            key: (task_id, attempt),
-            finished,
-            delivery: event["delivery"].as_u64(),
-        })
-    }
-}
-
-/// Lease shared by every process of a test cluster: short, so a killed worker's tasks come back
-/// within seconds.
-const LEASE_S: &str = "3";
-
-/// The flags every process of a test cluster shares.
-fn cluster_flags(url: &str, max_deliver: u32, duplicate_window_s: u64) -> Vec<String> {
-    vec![
-        "--nats".into(),
-        url.into(),
-        "--lease-s".into(),
-        LEASE_S.into(),
-        "--max-deliver".into(),
-        max_deliver.to_string(),
-        "--duplicate-window-s".into(),
-        duplicate_window_s.to_string(),
-    ]
-}
-
-/// Retries and duplicate window of the tests that do not exercise them.
-fn default_flags(url: &str) -> Vec<String> {
-    cluster_flags(url, 20, 120)
-}
-
-fn coordinator(work: &Path, flags: &[String], name: &str) -> KilnProcess {
-    let mut args = vec!["coordinator".to_string()];
-    args.extend(flags.iter().cloned());
-    args.extend([
-        "--runs-dir".into(),
-        "coordinator-runs".into(),
-        "--id".into(),
-        name.into(),
-    ]);
-    KilnProcess::spawn(name, work, &args)
-}
-
-fn worker(work: &Path, flags: &[String], name: &str, slots: usize) -> KilnProcess {
-    let mut args = vec!["worker".to_string()];
-    args.extend(flags.iter().cloned());
-    args.extend([
-        "--slots".into(),
-        slots.to_string(),
-        "--id".into(),
-        name.into(),
-        "--drain-timeout-s".into(),
-        "20".into(),
-    ]);
-    KilnProcess::spawn(name, work, &args)
-}
 
 /// `kiln run --nats` of τ² airline base tasks.
 fn submit(work: &Path, url: &str, out: &str, extra: &[&str]) -> KilnProcess {

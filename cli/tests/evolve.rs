@@ -2,15 +2,19 @@
 //! behaviour depends on the harness (`common::shop_agent`, behind a real OpenAI-compatible HTTP
 //! server). The known-good edit (a strategy line that makes it choose options) must ship, the
 //! regressing edit (a few-shot example it copies) must be rejected by the per-task gate, and
-//! `kiln evolve replay` must re-derive every decision — and notice a tampered rollout.
+//! `kiln evolve replay` must re-derive every decision — and notice a tampered rollout. The same
+//! evolution on a NATS cluster (`kiln coordinator` and two `kiln worker` processes) must make the
+//! same decisions.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::cluster::{coordinator, default_flags, worker};
 use common::{kiln_binary, shop_agent, stderr, stdout};
 use kiln_models::testing::{Script, ScriptedServer};
+use kiln_worker::testing::NatsServer;
 use serde_json::Value;
 
 /// The test's directory, kept when `KILN_TEST_KEEP` is set (to read the artifacts).
@@ -250,4 +254,63 @@ fn resuming_with_other_settings_is_refused_naming_them() {
     );
     assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
     assert!(stderr(&output).contains("rounds"), "{}", stderr(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_evolution_over_nats_with_two_workers_makes_the_same_decisions() {
+    let server = ScriptedServer::start_with_responder(Script::default(), shop_agent::responder())
+        .await
+        .unwrap();
+    let model = format!("openai:scripted@{}", server.base_url());
+    let work = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let url = nats.url();
+    let flags = default_flags(&url);
+    let _coordinator = coordinator(work.path(), &flags, "coordinator");
+    let workers = [
+        worker(work.path(), &flags, "worker-0", 2),
+        worker(work.path(), &flags, "worker-1", 2),
+    ];
+
+    let embedded = work.path().join("embedded");
+    let clustered = work.path().join("clustered");
+    let mut on_cluster = evolve_args(&model, &clustered);
+    on_cluster.extend(["--nats".to_string(), url.clone()]);
+    for (args, label) in [
+        (evolve_args(&model, &embedded), "embedded"),
+        (on_cluster, "nats"),
+    ] {
+        let cwd = work.path().to_path_buf();
+        let output = tokio::task::spawn_blocking(move || kiln(&cwd, &args))
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "kiln evolve ({label}) failed\nstdout:\n{}\nstderr:\n{}",
+            stdout(&output),
+            stderr(&output)
+        );
+    }
+    let (a, b) = (audit(&embedded), audit(&clustered));
+    assert!(
+        a.iter().any(|d| d["decision"] == "ship"),
+        "something shipped"
+    );
+    assert_eq!(a.len(), b.len(), "as many decisions on the cluster");
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y, "the cluster decides as the embedded run does");
+    }
+    // The episodes really ran on the workers.
+    let run = clustered.join("R1/runs/C-R1-01-gate/outcomes.jsonl");
+    let text = std::fs::read_to_string(&run).unwrap();
+    let ran_on: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|outcome| outcome["worker"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        ran_on.iter().all(|w| w.starts_with("worker-")) && !ran_on.is_empty(),
+        "gate episodes ran on the cluster's workers: {ran_on:?}"
+    );
+    drop(workers);
 }
