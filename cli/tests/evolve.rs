@@ -314,3 +314,44 @@ async fn the_same_evolution_over_nats_with_two_workers_makes_the_same_decisions(
     );
     drop(workers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meta_model_that_writes_no_patch_gives_rejected_proposals_not_a_crash() {
+    // The same server answers the agent and the meta-model: the meta-model's replies are shop
+    // actions, not JSON patches.
+    let server = ScriptedServer::start_with_responder(Script::default(), shop_agent::responder())
+        .await
+        .unwrap();
+    let model = format!("openai:scripted@{}", server.base_url());
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("evo");
+    let mut args = evolve_args(&model, &out);
+    let rounds = args.iter().position(|a| a == "--rounds").unwrap();
+    args[rounds + 1] = "1".into();
+    args.extend([
+        "--evolver".to_string(),
+        "both".into(),
+        "--meta-model".into(),
+        model.clone(),
+    ]);
+    let cwd = work.path().to_path_buf();
+    let output = tokio::task::spawn_blocking(move || kiln(&cwd, &args))
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let invalid: Vec<Value> = audit(&out)
+        .into_iter()
+        .filter(|d| d["stage"] == "evolver")
+        .collect();
+    assert!(
+        !invalid.is_empty(),
+        "the meta-model's proposals are recorded as rejected"
+    );
+    for decision in &invalid {
+        assert_eq!(decision["evolver"], "llm");
+        assert_eq!(decision["decision"], "invalid");
+        assert!(!decision["reason"].as_str().unwrap().is_empty());
+    }
+    let rejected = std::fs::read_to_string(out.join("R1/rejected.md")).unwrap();
+    assert!(rejected.contains("llm"), "{rejected}");
+}

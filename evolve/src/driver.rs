@@ -183,8 +183,25 @@ pub struct CurvePoint {
     /// Parent's pass@1 on the search split.
     pub search_pass_at_1: f64,
     pub shipped: Vec<String>,
-    /// Episodes run by this round (all rollouts).
+    /// Episodes run so far (all rollouts).
     pub episodes: u64,
+    /// Episodes this round ran.
+    #[serde(default)]
+    pub round_episodes: u64,
+    /// Wall time of this round spent in rollouts, seconds (0 for rollouts found on disk).
+    #[serde(default)]
+    pub rollout_seconds: f64,
+    /// Wall time of this round spent in AEGIS itself: digest, plan, evolve, critic, gate
+    /// bookkeeping and artifacts.
+    #[serde(default)]
+    pub aegis_seconds: f64,
+}
+
+/// Episodes asked for and time spent waiting for rollouts.
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    pub count: u64,
+    pub rollout_seconds: f64,
 }
 
 /// Per lever (operator): what shipped and how its predictions held up. `scoreboard.json`.
@@ -273,7 +290,8 @@ impl Evolution {
     ) -> Result<(EvolutionSummary, TraceStore), EvolveError> {
         let mut store = TraceStore::new(self.splits.clone());
         let mut curves = Vec::new();
-        let mut episodes: u64 = 0;
+        let mut episodes = Tally::default();
+        let mut round_start = (std::time::Instant::now(), Tally::default());
         let seed_hash = self.harness_file(&self.seed_harness)?.1;
 
         // Round 0: search rollouts of the seed, and the A/A noise calibration on the gate split.
@@ -288,7 +306,7 @@ impl Evolution {
             gate: self.gate_table(&gate_dir, calibration.attempts)?,
             search_dir,
         };
-        curves.push(self.curve_point(0, &parent, Vec::new(), episodes)?);
+        curves.push(self.curve_point(0, &parent, Vec::new(), &episodes, &mut round_start)?);
         self.write_progress_files(audit, &curves, &BTreeMap::new())?;
 
         let mut history: Vec<EditRecord> = Vec::new();
@@ -578,7 +596,7 @@ impl Evolution {
                 }
                 None => stalled += 1,
             }
-            curves.push(self.curve_point(round, &parent, shipped, episodes)?);
+            curves.push(self.curve_point(round, &parent, shipped, &episodes, &mut round_start)?);
             self.write_progress_files(audit, &curves, &scores)?;
             if stalled >= self.config.patience {
                 stop_reason = format!("no candidate shipped in {stalled} rounds (patience)");
@@ -592,7 +610,7 @@ impl Evolution {
             audit: audit.clone(),
             curves,
             calibration,
-            episodes,
+            episodes: episodes.count,
             stop_reason,
         };
         Ok((summary, store))
@@ -603,7 +621,11 @@ impl Evolution {
         harness_file(&self.dir, spec, self.mode)
     }
 
-    async fn rollout(&self, plan: Rollout<'_>, episodes: &mut u64) -> Result<PathBuf, EvolveError> {
+    async fn rollout(
+        &self,
+        plan: Rollout<'_>,
+        episodes: &mut Tally,
+    ) -> Result<PathBuf, EvolveError> {
         let Rollout {
             round,
             purpose,
@@ -625,7 +647,7 @@ impl Evolution {
             "rollout",
             &format!("{purpose}: {} tasks x {attempts}", tasks.len()),
         );
-        *episodes += tasks.len() as u64 * u64::from(attempts);
+        episodes.count += tasks.len() as u64 * u64::from(attempts);
         let request = RolloutRequest {
             purpose,
             dir: dir.clone(),
@@ -636,7 +658,10 @@ impl Evolution {
             attempts,
             seed_scope: seed_scope.to_string(),
         };
-        self.rollouts.run(&request).await?;
+        let started = std::time::Instant::now();
+        let ran = self.rollouts.run(&request).await;
+        episodes.rollout_seconds += started.elapsed().as_secs_f64();
+        ran?;
         // Whatever ran it, the directory must now hold exactly this rollout.
         match crate::rollouts::stored_run(&request)? {
             crate::rollouts::StoredRun::Complete => Ok(dir),
@@ -651,7 +676,7 @@ impl Evolution {
         &self,
         round: u32,
         spec: &HarnessSpec,
-        episodes: &mut u64,
+        episodes: &mut Tally,
     ) -> Result<PathBuf, EvolveError> {
         self.rollout(
             Rollout {
@@ -676,7 +701,7 @@ impl Evolution {
     /// Round 0: the seed twice on the gate split with the same seeds (A/A), then the calibration.
     async fn calibrate(
         &self,
-        episodes: &mut u64,
+        episodes: &mut Tally,
         audit: &mut Vec<Value>,
     ) -> Result<Calibration, EvolveError> {
         let n = self.config.attempts;
@@ -749,7 +774,7 @@ impl Evolution {
         spec: &HarnessSpec,
         table: BTreeMap<String, Vec<bool>>,
         current: &Calibration,
-        episodes: &mut u64,
+        episodes: &mut Tally,
     ) -> Result<(Calibration, BTreeMap<String, Vec<bool>>), EvolveError> {
         let rows = |table: &BTreeMap<String, Vec<bool>>| -> Vec<AaTask> {
             table
@@ -807,7 +832,7 @@ impl Evolution {
     async fn parent_gate_run(
         &self,
         calibration: &Calibration,
-        episodes: &mut u64,
+        episodes: &mut Tally,
     ) -> Result<PathBuf, EvolveError> {
         if calibration.attempts == self.config.attempts {
             return Ok(self.round_runs(0).join("gate-a"));
@@ -951,7 +976,7 @@ impl Evolution {
         budget_charge: f64,
         parent: &Parent,
         calibration: &Calibration,
-        episodes: &mut u64,
+        episodes: &mut Tally,
     ) -> Result<Gated, EvolveError> {
         let canonical = canonical_check(child, &builtin_registry());
         let mut input = GateInput {
@@ -1001,7 +1026,7 @@ impl Evolution {
         round: u32,
         id: &str,
         child: &HarnessSpec,
-        episodes: &mut u64,
+        episodes: &mut Tally,
     ) -> Result<SmokeResult, EvolveError> {
         let Some(task) = self.splits.search.first() else {
             return Ok(SmokeResult {
@@ -1051,7 +1076,7 @@ impl Evolution {
         proposals: &Proposals,
         parent: &Parent,
         calibration: &Calibration,
-        episodes: &mut u64,
+        episodes: &mut Tally,
     ) -> Result<Option<(GateDecision, HarnessSpec, BTreeMap<String, Vec<bool>>)>, EvolveError> {
         let mut edits = Vec::new();
         for member in members {
@@ -1134,8 +1159,13 @@ impl Evolution {
         round: u32,
         parent: &Parent,
         shipped: Vec<String>,
-        episodes: u64,
+        episodes: &Tally,
+        round_start: &mut (std::time::Instant, Tally),
     ) -> Result<CurvePoint, EvolveError> {
+        let wall = round_start.0.elapsed().as_secs_f64();
+        let rollout_seconds = episodes.rollout_seconds - round_start.1.rollout_seconds;
+        let round_episodes = episodes.count - round_start.1.count;
+        *round_start = (std::time::Instant::now(), episodes.clone());
         let gate_successes: u64 = parent.gate.values().flatten().filter(|s| **s).count() as u64;
         let gate_total: u64 = parent.gate.values().map(|r| r.len() as u64).sum();
         let search = read_outcomes(&parent.search_dir).map_err(EvolveError::Invalid)?;
@@ -1146,7 +1176,10 @@ impl Evolution {
             gate_pass_at_1: stats::pass_at_1(gate_successes, gate_total),
             search_pass_at_1: stats::pass_at_1(search_successes, search.len() as u64),
             shipped,
-            episodes,
+            episodes: episodes.count,
+            round_episodes,
+            rollout_seconds,
+            aegis_seconds: (wall - rollout_seconds).max(0.0),
         })
     }
 

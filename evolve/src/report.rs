@@ -355,11 +355,11 @@ fn render(report: &FinalReport, curves: &[CurvePoint], wall_seconds: f64) -> Str
         list(&report.tasks_lost),
         list(&report.tasks_gained)
     );
-    out.push_str("## Per round (parent after the round)\n\n![curves](curves.svg)\n\n| round | parent | gate pass@1 | search pass@1 | shipped | episodes so far |\n|---|---|---|---|---|---|\n");
+    out.push_str("## Per round (parent after the round)\n\n![curves](curves.svg)\n\n| round | parent | gate pass@1 | search pass@1 | shipped | episodes so far | rollouts | AEGIS |\n|---|---|---|---|---|---|---|---|\n");
     for point in curves {
         let _ = writeln!(
             out,
-            "| {} | `{}` | {:.3} | {:.3} | {} | {} |",
+            "| {} | `{}` | {:.3} | {:.3} | {} | {} | {:.1} s | {:.2} s |",
             point.round,
             kiln_harness::short_hash(&point.parent),
             point.gate_pass_at_1,
@@ -369,7 +369,20 @@ fn render(report: &FinalReport, curves: &[CurvePoint], wall_seconds: f64) -> Str
             } else {
                 point.shipped.join(", ")
             },
-            point.episodes
+            point.episodes,
+            point.rollout_seconds,
+            point.aegis_seconds
+        );
+    }
+    let rollouts: f64 = curves.iter().map(|p| p.rollout_seconds).sum();
+    let aegis: f64 = curves.iter().map(|p| p.aegis_seconds).sum();
+    if rollouts + aegis > 0.0 {
+        let _ = writeln!(
+            out,
+            "\nAEGIS itself (digest, plan, evolve, critic, gate bookkeeping, artifacts) took {aegis:.2} s of \
+             {:.1} s of rounds ({:.2}%); rollouts found on disk by `--resume` count as 0 s.",
+            rollouts + aegis,
+            100.0 * aegis / (rollouts + aegis)
         );
     }
     out
@@ -449,6 +462,9 @@ mod tests {
                 search_pass_at_1: 0.5,
                 shipped: Vec::new(),
                 episodes: 10,
+                round_episodes: 10,
+                rollout_seconds: 1.0,
+                aegis_seconds: 0.01,
             })
             .collect();
         let svg = curve_svg(&points);
