@@ -1,5 +1,6 @@
 //! The `docker` sandbox against the REAL Docker daemon and the image from `ops/images`: τ² in a
-//! container scores like in-process; containers are locked down and labelled; a crash, a kill for
+//! container scores like in-process; containers are locked down and labelled (checked from the
+//! settings Docker reports and, by the debug-faults probe, from inside a running episode); a crash, a kill for
 //! memory and a hang each become an error (never a panic) and leave no container; the warm pool
 //! hands out fresh containers; the reaper removes what a crashed worker left; the worker loop
 //! records each fault as its task's error and goes on.
@@ -152,6 +153,92 @@ async fn containers_are_limited_read_only_unprivileged_labelled_and_offline() {
     assert_eq!(evaluation.reward, 1.0);
     sandbox.remote.close().await.unwrap();
     sandbox.lease.release(true).await;
+    assert_no_containers(provider.docker(), &worker).await;
+}
+
+/// Mount points a container gets from the runtime itself (proc, sys and dev trees, and the files
+/// Docker bind-mounts for name resolution); anything else must be Kiln's own.
+fn runtime_mount(point: &str) -> bool {
+    ["/proc", "/sys", "/dev"]
+        .iter()
+        .any(|tree| point == *tree || point.starts_with(&format!("{tree}/")))
+        || ["/etc/resolv.conf", "/etc/hostname", "/etc/hosts"].contains(&point)
+}
+
+#[tokio::test]
+async fn from_inside_an_episode_the_container_is_offline_read_only_unprivileged_and_pid_limited() {
+    let worker = unique("w-probe");
+    let mut config = config(&worker);
+    config.limits.pids = 48;
+    let provider = Arc::new(provider(config).await);
+    let factory = resolver(provider.clone(), Duration::from_secs(60))
+        .resolve("debug-faults")
+        .unwrap();
+    let mut env = factory.create(&json!({"fault": "probe"})).unwrap();
+    let spec = task(&unique("run"), "debug-faults", "ok", Value::Null, 0);
+    env.reset(&spec).await.unwrap();
+    let result = env
+        .step(&Action::Message {
+            text: "probe".into(),
+        })
+        .await
+        .unwrap();
+    let report = result.info;
+
+    let identity = &report["identity"];
+    assert_eq!(identity["uid"], 65532, "non-root: {report}");
+    assert_eq!(identity["gid"], 65532, "{report}");
+    assert_eq!(
+        identity["cap_eff"], "0000000000000000",
+        "no capabilities: {report}"
+    );
+    assert_eq!(identity["no_new_privs"], 1, "{report}");
+
+    const EROFS: i64 = 30;
+    assert_eq!(report["root_write"]["ok"], false, "{report}");
+    assert_eq!(
+        report["root_write"]["errno"], EROFS,
+        "the root filesystem is read-only: {report}"
+    );
+    assert_eq!(report["usr_write"]["ok"], false, "{report}");
+    assert_eq!(
+        report["tmp_write"]["ok"], true,
+        "/tmp is a writable tmpfs: {report}"
+    );
+
+    assert_eq!(
+        report["interfaces"],
+        json!(["lo"]),
+        "no network but loopback: {report}"
+    );
+    assert_eq!(report["outside_connect"]["ok"], false, "{report}");
+
+    let pids = &report["pids"];
+    let started = pids["threads_started"].as_u64().unwrap();
+    assert!(
+        started < 48,
+        "the pids limit stops the probe's threads: {report}"
+    );
+    assert!(!pids["spawn_error"].is_null(), "{report}");
+    assert_eq!(pids["pids_max"], "48", "{report}");
+
+    let mounts = report["mounts"].as_array().unwrap();
+    let own: BTreeMap<&str, bool> = mounts
+        .iter()
+        .map(|m| {
+            (
+                m["point"].as_str().unwrap(),
+                m["read_only"].as_bool().unwrap(),
+            )
+        })
+        .filter(|(point, _)| !runtime_mount(point))
+        .collect();
+    assert_eq!(
+        own,
+        BTreeMap::from([("/", true), ("/kiln/data", true), ("/tmp", false)]),
+        "no mounts but the read-only root and data and the /tmp tmpfs: {report}"
+    );
+    env.close().await.unwrap();
     assert_no_containers(provider.docker(), &worker).await;
 }
 
