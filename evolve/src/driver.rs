@@ -28,7 +28,9 @@ use crate::gate::{
     calibrate, calibrate_at, canonical_check, combination_decision, decide, disjoint_selection,
 };
 use crate::plan::{EditRecord, EditVerdict, Landscape, PlanInput, plan};
-use crate::rollouts::{RolloutRequest, Rollouts, read_outcomes, success_table};
+use crate::rollouts::{
+    RolloutError, RolloutErrorKind, RolloutRequest, Rollouts, read_outcomes, success_table,
+};
 use crate::splits::{EvolutionSplits, SplitRole};
 use crate::stats;
 use crate::traces::TraceStore;
@@ -160,6 +162,8 @@ pub struct Evolution {
 const SEARCH_SCOPE: &str = "search";
 const GATE_SCOPE: &str = "gate";
 const SMOKE_SCOPE: &str = "smoke";
+/// Written into a rollout's directory when it failed.
+const FAILED_MARKER: &str = "rollout-failed.txt";
 
 /// One rollout the loop asks for.
 struct Rollout<'a> {
@@ -171,6 +175,9 @@ struct Rollout<'a> {
     tasks: Vec<String>,
     attempts: u32,
     seed_scope: &'a str,
+    /// A candidate's rollout: its failure is remembered (and rejects the candidate); a parent's
+    /// failure stops the evolution and is tried again on `--resume`.
+    candidate: bool,
 }
 
 /// One point of `curves.json`: the parent after a round.
@@ -263,6 +270,18 @@ struct Gated {
     decision: GateDecision,
     child: HarnessSpec,
     child_table: BTreeMap<String, Vec<bool>>,
+    /// Why the candidate's gate rollout failed, if it did.
+    rollout_error: Option<String>,
+}
+
+/// Whether an error belongs to the candidate being gated (its harness, its rollout) rather than
+/// to the evolution (interrupted, a replay without the rollout, the disk).
+fn is_candidate_failure(error: &EvolveError) -> bool {
+    match error {
+        EvolveError::Rollout(error) => error.kind() == RolloutErrorKind::Failed,
+        EvolveError::Invalid(_) => true,
+        EvolveError::Traces(_) | EvolveError::Artifacts(_) => false,
+    }
 }
 
 impl Evolution {
@@ -464,6 +483,7 @@ impl Evolution {
                     "round": round, "candidate_id": candidate.id(), "stage": "gate",
                     "decision": if result.decision.shipped() { "ship" } else { "reject" },
                     "gate": result.decision,
+                    "rollout_error": result.rollout_error,
                 }));
                 self.progress.stage(
                     round,
@@ -635,6 +655,7 @@ impl Evolution {
             tasks,
             attempts,
             seed_scope,
+            candidate,
         } = plan;
         let (harness_file, harness_hash) = self.harness_file(spec)?;
         let split = match role {
@@ -658,9 +679,22 @@ impl Evolution {
             attempts,
             seed_scope: seed_scope.to_string(),
         };
+        // A failed rollout is remembered, so a resumed or replayed evolution takes the same
+        // decision about it instead of trying again.
+        let failure = dir.join(FAILED_MARKER);
+        if candidate && let Ok(message) = std::fs::read_to_string(&failure) {
+            return Err(RolloutError::new(&request, message.trim()).into());
+        }
         let started = std::time::Instant::now();
         let ran = self.rollouts.run(&request).await;
         episodes.rollout_seconds += started.elapsed().as_secs_f64();
+        if let Err(error) = &ran
+            && candidate
+            && error.kind() == RolloutErrorKind::Failed
+            && self.mode == Mode::Evolve
+        {
+            write_text(&failure, &error.message)?;
+        }
         ran?;
         // Whatever ran it, the directory must now hold exactly this rollout.
         match crate::rollouts::stored_run(&request)? {
@@ -688,6 +722,7 @@ impl Evolution {
                 tasks: self.splits.search.clone(),
                 attempts: self.config.search_attempts,
                 seed_scope: SEARCH_SCOPE,
+                candidate: false,
             },
             episodes,
         )
@@ -718,6 +753,7 @@ impl Evolution {
                         tasks: self.splits.gate.clone(),
                         attempts: n,
                         seed_scope: GATE_SCOPE,
+                        candidate: false,
                     },
                     episodes,
                 )
@@ -807,6 +843,7 @@ impl Evolution {
                     tasks: self.splits.gate.clone(),
                     attempts,
                     seed_scope: GATE_SCOPE,
+                    candidate: false,
                 },
                 episodes,
             )
@@ -849,6 +886,7 @@ impl Evolution {
                 tasks: self.splits.gate.clone(),
                 attempts: calibration.attempts,
                 seed_scope: GATE_SCOPE,
+                candidate: false,
             },
             episodes,
         )
@@ -990,10 +1028,20 @@ impl Evolution {
             budget_charge,
         };
         let mut child_table = BTreeMap::new();
+        let mut rollout_error = None;
         if matches!(canonical, crate::gate::CanonicalCheck::Ok { .. }) {
-            input.smoke = self.smoke(round, id, child, episodes).await?;
+            // A candidate whose rollouts fail (its harness does not load, the run breaks) is
+            // rejected with the reason; it never ends the evolution.
+            input.smoke = match self.smoke(round, id, child, episodes).await {
+                Ok(smoke) => smoke,
+                Err(error) if is_candidate_failure(&error) => SmokeResult {
+                    ran: false,
+                    harness_error: Some(format!("the smoke rollout failed: {error}")),
+                },
+                Err(error) => return Err(error),
+            };
             if input.smoke.ran && input.smoke.harness_error.is_none() {
-                let dir = self
+                let gate_run = self
                     .rollout(
                         Rollout {
                             round,
@@ -1004,18 +1052,29 @@ impl Evolution {
                             tasks: self.splits.gate.clone(),
                             attempts: calibration.attempts,
                             seed_scope: GATE_SCOPE,
+                            candidate: true,
                         },
                         episodes,
                     )
-                    .await?;
-                child_table = self.gate_table(&dir, calibration.attempts)?;
-                input.outcomes = paired(&parent.gate, &child_table);
+                    .await;
+                match gate_run {
+                    Ok(dir) => {
+                        child_table = self.gate_table(&dir, calibration.attempts)?;
+                        input.outcomes = paired(&parent.gate, &child_table);
+                    }
+                    // No outcomes: the gate rejects at its per-task stage.
+                    Err(error) if is_candidate_failure(&error) => {
+                        rollout_error = Some(error.to_string());
+                    }
+                    Err(error) => return Err(error),
+                }
             }
         }
         Ok(Gated {
             decision: decide(&input, calibration),
             child: child.clone(),
             child_table,
+            rollout_error,
         })
     }
 
@@ -1045,6 +1104,7 @@ impl Evolution {
                     tasks: vec![task.clone()],
                     attempts: 1,
                     seed_scope: SMOKE_SCOPE,
+                    candidate: true,
                 },
                 episodes,
             )
@@ -1487,6 +1547,116 @@ pub fn audit_differences(stored: &[Value], derived: &[Value]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::evolver::RulesEvolver;
+
+    /// Writes run directories itself: task `tN` succeeds when N is even, else hits the step
+    /// limit; candidates' rollouts fail when `fail_candidates`.
+    struct Synthetic {
+        fail_candidates: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl Rollouts for Synthetic {
+        async fn run(&self, request: &RolloutRequest) -> Result<(), RolloutError> {
+            if self.fail_candidates && request.purpose.contains("C-R") {
+                return Err(RolloutError::new(
+                    request,
+                    "the candidate's harness broke the run",
+                ));
+            }
+            let quoted: Vec<String> = request.tasks.iter().map(|t| format!("\"{t}\"")).collect();
+            let run_toml = format!(
+                "run_id = \"{}\"\nenv = \"toy\"\nsplit = \"{}\"\nattempts = {}\ntasks = [{}]\nseed_scope = \"{}\"\n[harness]\nname = \"h\"\nhash = \"{}\"\n",
+                request.purpose.replace(' ', "-"),
+                request.split,
+                request.attempts,
+                quoted.join(", "),
+                request.seed_scope,
+                request.harness_hash
+            );
+            let mut outcomes = String::new();
+            for task in &request.tasks {
+                let even = task.trim_start_matches(['t', 'h']).parse::<u32>().unwrap() % 2 == 0;
+                for attempt in 0..request.attempts {
+                    let termination = if even { "env_done" } else { "max_steps" };
+                    outcomes +=
+                        &crate::digest::tests::outcome_json("r", task, attempt, even, termination);
+                    outcomes.push('\n');
+                }
+            }
+            std::fs::create_dir_all(&request.dir).unwrap();
+            std::fs::write(request.dir.join("run.toml"), run_toml).unwrap();
+            std::fs::write(request.dir.join("outcomes.jsonl"), outcomes).unwrap();
+            Ok(())
+        }
+    }
+
+    fn evolution(dir: &Path, fail_candidates: bool) -> Evolution {
+        Evolution {
+            config: EvolveConfig {
+                env: "toy".into(),
+                model: "oracle".into(),
+                seed_harness: String::new(),
+                rounds: 1,
+                candidates: 2,
+                attempts: 2,
+                search_attempts: 1,
+                final_attempts: 1,
+                patience: 1,
+                search: 5,
+                gate: 5,
+                held_out: None,
+                evolver: "rules".into(),
+                meta_model: None,
+                seed: 0,
+                baseline_max_attempts: 1,
+                gate_config: GateConfig::default(),
+            },
+            dir: dir.to_path_buf(),
+            seed_harness: kiln_harness::builtin_harness("react-text").unwrap(),
+            splits: crate::traces::tests::splits(),
+            evolvers: vec![Arc::new(RulesEvolver)],
+            rollouts: Arc::new(Synthetic { fail_candidates }),
+            forbidden: ForbiddenLiterals::new("toy"),
+            progress: Arc::new(LogProgress),
+            mode: Mode::Evolve,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_candidate_whose_rollout_fails_is_rejected_and_the_evolution_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let (summary, _) = evolution(dir.path(), true).run().await.unwrap();
+        let gated: Vec<&Value> = summary
+            .audit
+            .iter()
+            .filter(|d| d["stage"] == "gate")
+            .collect();
+        assert!(!gated.is_empty(), "{:?}", summary.audit);
+        for decision in &gated {
+            assert_eq!(decision["decision"], "reject");
+            assert_eq!(decision["gate"]["verdict"]["stage"], "smoke", "{decision}");
+            let reason = decision["gate"]["verdict"]["reason"].as_str().unwrap();
+            assert!(reason.contains("broke the run"), "{reason}");
+        }
+        let id = gated[0]["candidate_id"].as_str().unwrap();
+        assert!(
+            dir.path()
+                .join(format!("R1/runs/{id}-smoke/{FAILED_MARKER}"))
+                .exists()
+        );
+
+        // Resumed with rollouts that would now succeed, the evolution takes the same decisions:
+        // the failure is remembered, not retried.
+        let (again, _) = evolution(dir.path(), false).run().await.unwrap();
+        assert_eq!(again.audit, summary.audit);
+        let mut replay = evolution(dir.path(), false);
+        replay.rollouts = Arc::new(crate::rollouts::StoredRollouts);
+        replay.mode = Mode::Replay;
+        let (derived, stopped) = replay.replay().await;
+        assert!(stopped.is_none(), "{stopped:?}");
+        assert!(audit_differences(&summary.audit, &derived).is_empty());
+    }
 
     #[test]
     fn candidates_are_shared_out_and_renumbered() {

@@ -28,22 +28,48 @@ pub struct RolloutRequest {
     pub seed_scope: String,
 }
 
+/// Why a rollout did not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutErrorKind {
+    /// Stopped from outside (Ctrl-C): the evolution stops and can be resumed.
+    Interrupted,
+    /// The run could not be made or finished (its harness, the model, the cluster, the disk).
+    Failed,
+    /// Replay: the rollout is not on disk, and replay runs nothing.
+    NotStored,
+}
+
 /// A rollout that did not finish.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("rollout `{purpose}` ({dir}): {message}")]
 pub struct RolloutError {
+    kind: RolloutErrorKind,
     pub purpose: String,
     pub dir: String,
     pub message: String,
 }
 
 impl RolloutError {
+    /// A [`RolloutErrorKind::Failed`] rollout.
     pub fn new(request: &RolloutRequest, message: impl Into<String>) -> Self {
+        Self::with_kind(RolloutErrorKind::Failed, request, message)
+    }
+
+    pub fn with_kind(
+        kind: RolloutErrorKind,
+        request: &RolloutRequest,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
+            kind,
             purpose: request.purpose.clone(),
             dir: request.dir.display().to_string(),
             message: message.into(),
         }
+    }
+
+    pub fn kind(&self) -> RolloutErrorKind {
+        self.kind
     }
 }
 
@@ -222,11 +248,13 @@ impl Rollouts for StoredRollouts {
     async fn run(&self, request: &RolloutRequest) -> Result<(), RolloutError> {
         match stored_run(request)? {
             StoredRun::Complete => Ok(()),
-            StoredRun::Absent => Err(RolloutError::new(
+            StoredRun::Absent => Err(RolloutError::with_kind(
+                RolloutErrorKind::NotStored,
                 request,
                 "not stored; replay runs nothing (finish the evolution with `kiln evolve --resume`)",
             )),
-            StoredRun::Partial { missing } => Err(RolloutError::new(
+            StoredRun::Partial { missing } => Err(RolloutError::with_kind(
+                RolloutErrorKind::NotStored,
                 request,
                 format!("{missing} (task, attempt) keys are not recorded; replay runs nothing"),
             )),

@@ -14,6 +14,7 @@ use kiln_environments::{EnvContext, EnvironmentFactory, catalog, default_data_di
 use kiln_evolve::driver::{audit_differences, read_audit};
 use kiln_evolve::evolver::{Evolver, LlmEvolver, RulesEvolver};
 use kiln_evolve::report::{FinalReport, final_evaluation};
+use kiln_evolve::rollouts::RolloutErrorKind;
 use kiln_evolve::{
     Evolution, EvolutionSplits, EvolveConfig, EvolveProgress, Mode, RolloutError, RolloutRequest,
     Rollouts, SplitSizes, StoredRollouts,
@@ -494,7 +495,11 @@ impl Rollouts for CliRollouts {
         }
         match execute_args(self.args(request)).await {
             Ok(RunEnd::Finished { .. }) => Ok(()),
-            Ok(RunEnd::Interrupted) => Err(RolloutError::new(request, "interrupted")),
+            Ok(RunEnd::Interrupted) => Err(RolloutError::with_kind(
+                RolloutErrorKind::Interrupted,
+                request,
+                "interrupted",
+            )),
             Err(error) => Err(RolloutError::new(request, format!("{error:#}"))),
         }
     }
