@@ -243,6 +243,13 @@ pub struct RunArgs {
     /// `i` of a task the same seed (paired A/B comparisons).
     #[arg(long, value_name = "NAME")]
     pub seed_scope: Option<String>,
+    /// Sampling temperature of the agent model (0: greedy) [default: the model's, 0]. Training
+    /// rollouts sample (> 0); token log-probabilities are recorded at this temperature.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Nucleus sampling mass of the agent model, in (0, 1] [default: 1]; keep 1 for training.
+    #[arg(long)]
+    pub top_p: Option<f32>,
     #[command(flatten)]
     pub sandbox: SandboxArgs,
 }

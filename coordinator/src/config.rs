@@ -179,6 +179,11 @@ pub fn config_differences(stored: &RunConfig, requested: &RunConfig) -> Vec<Stri
     );
     compare("model", stored.model.label(), requested.model.label());
     compare(
+        "model sampling",
+        sampling_label(&stored.model),
+        sampling_label(&requested.model),
+    );
+    compare(
         "harness",
         stored.harness.hash.clone(),
         requested.harness.hash.clone(),
@@ -203,6 +208,19 @@ pub fn config_differences(stored: &RunConfig, requested: &RunConfig) -> Vec<Stri
         summarize_tasks(&requested.tasks),
     );
     differences
+}
+
+/// The sampling settings of a model spec that change what it does (not its reply cap or seed).
+fn sampling_label(model: &ModelSpec) -> String {
+    match model {
+        ModelSpec::Local { sampling, .. } | ModelSpec::OpenAi { sampling, .. } => {
+            format!(
+                "temperature {}, top_p {}",
+                sampling.temperature, sampling.top_p
+            )
+        }
+        ModelSpec::Oracle => "none".into(),
+    }
 }
 
 fn summarize_tasks(tasks: &[String]) -> String {

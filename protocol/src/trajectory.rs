@@ -68,11 +68,20 @@ pub struct ModelTurn {
 pub struct TokenRecord {
     pub prompt_ids: Vec<u32>,
     pub completion_ids: Vec<u32>,
+    /// Log-probabilities of the behaviour policy at each completion token: `log_softmax(logits /
+    /// logprob_temperature)`.
     pub completion_logprobs: Vec<f32>,
+    /// The temperature the log-probabilities are at: the sampling temperature, 1 for greedy.
+    #[serde(default = "unit_temperature")]
+    pub logprob_temperature: f32,
     /// Leading prompt tokens whose keys and values came from the model's prefix cache; the
     /// other `prompt_ids.len() - reused_prompt_tokens` were computed for this call.
     #[serde(default)]
     pub reused_prompt_tokens: u64,
+}
+
+fn unit_temperature() -> f32 {
+    1.0
 }
 
 impl TokenRecord {

@@ -173,7 +173,9 @@ pub fn checkpoint_of(model_label: &str) -> String {
 /// Reads a run directory's outcomes and trajectories and joins them by (run, task, attempt).
 /// Episodes with an infrastructure error, without token records (remote models, oracle) or
 /// without a trajectory are skipped and listed.
-pub fn load_run(dir: &Path) -> Result<LoadedRun, BufferError> {
+/// Token log-probabilities must have been recorded at `temperature`, the one the trainer divides
+/// its logits by; episodes recorded at another are skipped with the reason.
+pub fn load_run(dir: &Path, temperature: f64) -> Result<LoadedRun, BufferError> {
     let outcomes: Vec<Outcome> = read_jsonl(dir, "outcomes.jsonl")?;
     let trajectories: Vec<Trajectory> = read_jsonl(dir, "trajectories.jsonl")?;
     let mut by_key: HashMap<(String, String, u32), Trajectory> = trajectories
@@ -188,7 +190,7 @@ pub fn load_run(dir: &Path) -> Result<LoadedRun, BufferError> {
             loaded.skipped.push((label, "no trajectory".to_string()));
             continue;
         };
-        match sample_of(&outcome, &trajectory) {
+        match sample_of(&outcome, &trajectory, temperature) {
             Ok(sample) => loaded.samples.push(sample),
             Err(reason) => loaded.skipped.push((label, reason)),
         }
@@ -196,19 +198,34 @@ pub fn load_run(dir: &Path) -> Result<LoadedRun, BufferError> {
     Ok(loaded)
 }
 
-/// The training sample of one episode, or why it has none.
-pub fn sample_of(outcome: &Outcome, trajectory: &Trajectory) -> Result<Sample, String> {
+/// The training sample of one episode, or why it has none (among the reasons: its log-probabilities
+/// were recorded at another temperature than `temperature`, so its ratios would be wrong).
+pub fn sample_of(
+    outcome: &Outcome,
+    trajectory: &Trajectory,
+    temperature: f64,
+) -> Result<Sample, String> {
     if let Some(error) = &outcome.error {
         return Err(format!("infrastructure error: {error}"));
     }
     if !outcome.reward.is_finite() {
         return Err(format!("reward {} is not finite", outcome.reward));
     }
-    let segments: Vec<Segment> = trajectory
+    let records = trajectory
         .steps
         .iter()
         .filter_map(|step| step.model.tokens.as_ref())
-        .filter(|tokens| !tokens.completion_ids.is_empty() && !tokens.prompt_ids.is_empty())
+        .filter(|tokens| !tokens.completion_ids.is_empty() && !tokens.prompt_ids.is_empty());
+    if let Some(other) = records
+        .clone()
+        .find(|tokens| (f64::from(tokens.logprob_temperature) - temperature).abs() > 1e-6)
+    {
+        return Err(format!(
+            "log-probabilities recorded at temperature {}, but training divides logits by {temperature}",
+            other.logprob_temperature
+        ));
+    }
+    let segments: Vec<Segment> = records
         .map(|tokens| Segment {
             prompt_ids: tokens.prompt_ids.clone(),
             completion_ids: tokens.completion_ids.clone(),
@@ -375,7 +392,7 @@ mod tests {
             trajectories.join("\n"),
         )
         .unwrap();
-        let loaded = load_run(dir.path()).unwrap();
+        let loaded = load_run(dir.path(), 1.0).unwrap();
         assert_eq!(loaded.samples.len(), 2);
         let first = &loaded.samples[0];
         assert_eq!(first.task_id, "alfworld/t1");
@@ -390,11 +407,23 @@ mod tests {
         assert!(reasons[0].contains("env crashed"));
         assert!(reasons[1].contains("no token records"));
         assert!(reasons[2].contains("no trajectory"));
+
+        // Recorded at temperature 1 (the default of records without the field), these episodes
+        // cannot train a policy sampled at 0.7: their ratios would be wrong from step 0.
+        let hot = load_run(dir.path(), 0.7).unwrap();
+        assert!(hot.samples.is_empty());
+        assert!(
+            hot.skipped
+                .iter()
+                .any(|(_, reason)| reason.contains("recorded at temperature 1")),
+            "{:?}",
+            hot.skipped
+        );
     }
 
     #[test]
     fn a_missing_run_directory_is_named() {
-        let error = load_run(Path::new("/nonexistent/run")).unwrap_err();
+        let error = load_run(Path::new("/nonexistent/run"), 1.0).unwrap_err();
         assert_eq!(error.kind(), BufferErrorKind::RunDir);
         assert!(error.to_string().contains("/nonexistent/run"), "{error}");
         assert!(error.to_string().contains("outcomes.jsonl"), "{error}");

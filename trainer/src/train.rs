@@ -99,11 +99,12 @@ pub fn fill_buffer(
     capacity: usize,
     staleness: Option<u64>,
     max_segment_tokens: usize,
+    temperature: f64,
 ) -> Result<(ReplayBuffer, usize, usize), TrainError> {
     let mut buffer = ReplayBuffer::new(capacity, staleness);
     let (mut skipped, mut long) = (0, 0);
     for (round, dir) in runs.iter().enumerate() {
-        let loaded = load_run(dir)?;
+        let loaded = load_run(dir, temperature)?;
         for (episode, reason) in &loaded.skipped {
             tracing::debug!(run = %dir.display(), episode, reason, "episode not trainable");
         }
@@ -137,6 +138,7 @@ pub fn train_offline(
         options.buffer_capacity,
         options.staleness,
         options.max_segment_tokens,
+        options.grpo.temperature,
     )?;
     let composition = buffer.composition();
     if buffer.is_empty() {

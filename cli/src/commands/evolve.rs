@@ -481,6 +481,8 @@ impl CliRollouts {
             timeout_s: self.timeout_s,
             nats: self.nats.clone(),
             seed_scope: Some(request.seed_scope.clone()),
+            temperature: None,
+            top_p: None,
             sandbox: self.sandbox.clone(),
         }
     }

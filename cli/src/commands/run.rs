@@ -232,7 +232,7 @@ impl RunRequest {
         if attempts == 0 {
             return Err(input_error("`--attempts 0`: expected at least 1"));
         }
-        let model = match &args.model {
+        let mut model = match &args.model {
             Some(text) => text
                 .parse()
                 .map_err(|error| input_error(format!("--model: {error}")))?,
@@ -240,6 +240,7 @@ impl RunRequest {
                 .map(|config| config.model.clone())
                 .unwrap_or(ModelSpec::Oracle),
         };
+        apply_sampling(&mut model, args.temperature, args.top_p)?;
         let user = match &args.user {
             Some(text) => text
                 .parse()
@@ -304,6 +305,43 @@ impl RunRequest {
             ..stored.clone()
         }
     }
+}
+
+/// Sets `--temperature` / `--top-p` on the agent model's sampling; the oracle does not sample.
+fn apply_sampling(
+    model: &mut ModelSpec,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+) -> anyhow::Result<()> {
+    if temperature.is_none() && top_p.is_none() {
+        return Ok(());
+    }
+    let sampling = match model {
+        ModelSpec::Local { sampling, .. } | ModelSpec::OpenAi { sampling, .. } => sampling,
+        ModelSpec::Oracle => {
+            return Err(input_error(
+                "--temperature/--top-p: the oracle replays gold actions and samples nothing; give a \
+                 local: or openai: model",
+            ));
+        }
+    };
+    if let Some(temperature) = temperature {
+        if !(temperature.is_finite() && temperature >= 0.0) {
+            return Err(input_error(format!(
+                "`--temperature {temperature}`: expected a finite number >= 0 (0: greedy)"
+            )));
+        }
+        sampling.temperature = temperature;
+    }
+    if let Some(top_p) = top_p {
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(input_error(format!(
+                "`--top-p {top_p}`: expected a number in (0, 1]"
+            )));
+        }
+        sampling.top_p = top_p;
+    }
+    Ok(())
 }
 
 /// Fails, listing the differences, when `requested` is not the `stored` run.
@@ -867,6 +905,48 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("timeout"), "{error}");
+    }
+
+    #[test]
+    fn temperature_and_top_p_set_the_agent_models_sampling() {
+        let request = RunRequest::from_args(
+            &run_args(&[
+                "--env",
+                "webshop",
+                "--model",
+                "local:smollm2",
+                "--temperature",
+                "0.7",
+                "--top-p",
+                "1",
+            ]),
+            None,
+            None,
+        )
+        .unwrap();
+        let ModelSpec::Local { sampling, .. } = &request.model else {
+            panic!("{:?}", request.model);
+        };
+        assert_eq!((sampling.temperature, sampling.top_p), (0.7, 1.0));
+        let oracle = RunRequest::from_args(
+            &run_args(&["--env", "webshop", "--temperature", "1"]),
+            None,
+            None,
+        );
+        assert!(oracle.unwrap_err().to_string().contains("oracle"));
+        let bad = RunRequest::from_args(
+            &run_args(&[
+                "--env",
+                "webshop",
+                "--model",
+                "local:smollm2",
+                "--top-p",
+                "0",
+            ]),
+            None,
+            None,
+        );
+        assert!(bad.unwrap_err().to_string().contains("--top-p 0"));
     }
 
     #[test]

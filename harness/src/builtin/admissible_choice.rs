@@ -11,6 +11,11 @@
 //!   error) the action is chosen by score.
 //! - `mode = "always"`: the action is always chosen by score; the generation only guides which
 //!   candidates are scored when there are too many.
+//! - `mode = "sample"`: for training rollouts: like `always`, but the action is *sampled* from the
+//!   softmax of the compared scores divided by `temperature` (default 1), with a generator seeded
+//!   from the episode seed, task, attempt and step (a rerun draws the same). The note records the
+//!   chosen action's probability and log-probability: the behaviour policy of that choice, which a
+//!   greedy choice would not give (every attempt identical, every GRPO group without variance).
 //!
 //! Scoring: each candidate is rendered with `template` (`{action}` is replaced; use
 //! `"Action: {action}"` with the ReAct text format) and scored as the assistant's reply to the
@@ -49,6 +54,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::debug;
 
+use crate::builtin::script::engine::{Rng, episode_seed};
 use crate::error::ProcessorError;
 use crate::events::{AfterModelEvent, TaskEndEvent};
 use crate::processor::{BuiltinKind, ConfigError, Processor, ProcessorConfig};
@@ -61,6 +67,8 @@ pub enum ChoiceMode {
     Always,
     /// Only when the generated action is not admissible.
     Fallback,
+    /// Every step, sampled from the candidates' softmax at `temperature`.
+    Sample,
 }
 
 /// How candidate log-likelihoods are compared.
@@ -87,6 +95,8 @@ pub struct AdmissibleChoiceConfig {
     /// Score filled-in free-text placeholders (see the module docs); off leaves a reply on a
     /// page that admits only free text unchanged.
     pub fill_placeholders: bool,
+    /// `mode = "sample"`: the softmax temperature over the compared scores.
+    pub temperature: f64,
 }
 
 impl Default for AdmissibleChoiceConfig {
@@ -98,6 +108,7 @@ impl Default for AdmissibleChoiceConfig {
             template: "{action}".to_string(),
             record_top: 5,
             fill_placeholders: true,
+            temperature: 1.0,
         }
     }
 }
@@ -108,6 +119,12 @@ impl ProcessorConfig for AdmissibleChoiceConfig {
     fn validate(&self) -> Result<(), ConfigError> {
         if self.max_candidates == 0 {
             return Err(ConfigError::new("max_candidates", "must be at least 1"));
+        }
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return Err(ConfigError::new(
+                "temperature",
+                format!("must be a positive number, got {}", self.temperature),
+            ));
         }
         if !self.template.contains(ACTION_PLACEHOLDER) {
             return Err(ConfigError::new(
@@ -122,7 +139,7 @@ impl ProcessorConfig for AdmissibleChoiceConfig {
 pub fn kind() -> BuiltinKind<AdmissibleChoiceConfig> {
     BuiltinKind {
         name: "admissible_choice",
-        summary: "choose the next action among the environment's admissible actions by model likelihood (always, or as a fallback)",
+        summary: "choose the next action among the environment's admissible actions by model likelihood (always, as a fallback, or sampled for training)",
         hooks: &[Hook::AfterModel, Hook::TaskEnd],
         group: Some("admissible_choice"),
         build: |config| {
@@ -139,6 +156,8 @@ pub fn kind() -> BuiltinKind<AdmissibleChoiceConfig> {
 pub enum ChoiceReason {
     /// `mode = "always"`.
     Always,
+    /// `mode = "sample"`.
+    Sample,
     /// The reply did not parse.
     ParseError,
     /// The reply parsed, but not into a single admissible text action.
@@ -149,6 +168,7 @@ impl ChoiceReason {
     pub fn as_str(self) -> &'static str {
         match self {
             ChoiceReason::Always => "always",
+            ChoiceReason::Sample => "sample",
             ChoiceReason::ParseError => "parse_error",
             ChoiceReason::NotAdmissible => "not_admissible",
         }
@@ -174,8 +194,10 @@ pub fn decide(
     generated: Option<&str>,
     admissible: &[String],
 ) -> Decision {
-    if mode == ChoiceMode::Always {
-        return Decision::Score(ChoiceReason::Always);
+    match mode {
+        ChoiceMode::Always => return Decision::Score(ChoiceReason::Always),
+        ChoiceMode::Sample => return Decision::Score(ChoiceReason::Sample),
+        ChoiceMode::Fallback => {}
     }
     if parse_failed {
         return Decision::Score(ChoiceReason::ParseError);
@@ -417,6 +439,59 @@ pub fn rank(
     ranked
 }
 
+/// A candidate drawn from the softmax of the compared scores.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    pub index: usize,
+    /// Its probability under that softmax: the behaviour probability of the choice.
+    pub probability: f64,
+}
+
+/// The softmax over `ranked` scores at `temperature`, and one draw from it. NaN scores get
+/// probability 0 (unless every score is NaN: then the first candidate, with probability 1).
+pub fn sample_candidate(ranked: &[RankedCandidate], temperature: f64, rng: &mut Rng) -> Draw {
+    let max = ranked
+        .iter()
+        .map(|c| c.score)
+        .filter(|s| !s.is_nan())
+        .fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return Draw {
+            index: 0,
+            probability: 1.0,
+        };
+    }
+    let weights: Vec<f64> = ranked
+        .iter()
+        .map(|c| {
+            if c.score.is_nan() {
+                0.0
+            } else {
+                ((c.score - max) / temperature).exp()
+            }
+        })
+        .collect();
+    let total: f64 = weights.iter().sum();
+    let mut target = rng.unit() * total;
+    let mut index = weights.len() - 1;
+    for (i, weight) in weights.iter().enumerate() {
+        if target < *weight {
+            index = i;
+            break;
+        }
+        target -= weight;
+    }
+    Draw {
+        index,
+        probability: weights[index] / total,
+    }
+}
+
+/// The generator seed of one step's choice.
+fn choice_seed(episode: u64, step: u32) -> u64 {
+    Rng::new(episode ^ u64::from(step).wrapping_mul(0xa076_1d64_78bd_642f)).next_u64()
+}
+
 fn compared_score(score: &CandidateScore, normalize: Normalize) -> f64 {
     let value = match normalize {
         Normalize::Sum => score.logprob,
@@ -502,7 +577,22 @@ impl AdmissibleChoice {
         let Some(best) = ranked.first() else {
             return;
         };
-        let chosen = best.action.clone();
+        let mut chosen = best.action.clone();
+        let mut sampled = None;
+        if self.config.mode == ChoiceMode::Sample {
+            let task = event.ctx().task();
+            let seed = choice_seed(
+                episode_seed(task.seed, &task.env, &task.task_id, task.attempt),
+                event.ctx().step(),
+            );
+            let draw = sample_candidate(&ranked, self.config.temperature, &mut Rng::new(seed));
+            chosen = ranked[draw.index].action.clone();
+            sampled = Some(json!({
+                "temperature": self.config.temperature,
+                "probability": draw.probability,
+                "logprob": draw.probability.ln(),
+            }));
+        }
         let changed = generated.as_deref() != Some(chosen.as_str());
         debug!(
             step = event.ctx().step(),
@@ -524,6 +614,7 @@ impl AdmissibleChoice {
                 "scored": candidates.len(),
                 "scored_tokens": scored_tokens,
                 "score_ms": score_ms,
+                "sampled": sampled,
                 "top": ranked.iter().take(self.config.record_top).collect::<Vec<_>>(),
             }
         }));
@@ -582,6 +673,57 @@ mod tests {
 
     fn score(logprob: f64, tokens: usize) -> CandidateScore {
         CandidateScore { logprob, tokens }
+    }
+
+    #[test]
+    fn sample_mode_draws_from_the_softmax_and_records_the_probability() {
+        let candidate = |action: &str, score: f64| RankedCandidate {
+            action: action.into(),
+            logprob: score,
+            tokens: 1,
+            score,
+        };
+        // Probabilities 3/4 and 1/4 at temperature 1; 9/10 and 1/10 at 1/2.
+        let ranked = [candidate("go north", 3f64.ln()), candidate("look", 0.0)];
+        let mut rng = Rng::new(7);
+        let mut counts = [0u32; 2];
+        for _ in 0..4000 {
+            let draw = sample_candidate(&ranked, 1.0, &mut rng);
+            let expected = if draw.index == 0 { 0.75 } else { 0.25 };
+            assert!((draw.probability - expected).abs() < 1e-12, "{draw:?}");
+            counts[draw.index] += 1;
+        }
+        let share = f64::from(counts[0]) / 4000.0;
+        assert!((share - 0.75).abs() < 0.03, "{counts:?}");
+        let cold = sample_candidate(&ranked, 0.5, &mut Rng::new(1));
+        let expected = if cold.index == 0 { 0.9 } else { 0.1 };
+        assert!((cold.probability - expected).abs() < 1e-12, "{cold:?}");
+        // The same seed draws the same.
+        let a = sample_candidate(&ranked, 1.0, &mut Rng::new(42));
+        let b = sample_candidate(&ranked, 1.0, &mut Rng::new(42));
+        assert_eq!(a, b);
+        // A NaN score is never drawn.
+        let with_nan = [candidate("bad", f64::NAN), candidate("look", 0.0)];
+        for seed in 0..50 {
+            assert_eq!(
+                sample_candidate(&with_nan, 1.0, &mut Rng::new(seed)).index,
+                1
+            );
+        }
+        assert_eq!(
+            decide(
+                ChoiceMode::Sample,
+                false,
+                Some("look"),
+                &["look".to_string()]
+            ),
+            Decision::Score(ChoiceReason::Sample)
+        );
+        let bad = AdmissibleChoiceConfig {
+            temperature: 0.0,
+            ..AdmissibleChoiceConfig::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

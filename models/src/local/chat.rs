@@ -178,6 +178,7 @@ impl ChatModel for LocalChat {
                 prompt_ids,
                 completion_ids: generation.completion_ids,
                 completion_logprobs: generation.completion_logprobs,
+                logprob_temperature: generation.logprob_temperature,
                 reused_prompt_tokens: generation.reused_prompt_tokens as u64,
             }),
         })

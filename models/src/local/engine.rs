@@ -27,7 +27,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::llama::{KvCache, LlamaError, LlamaErrorKind, LlamaModel, LogitsWanted, SequenceInput};
-use super::sampling::{Sampler, SamplingConfig, StopMatcher, log_probability};
+use super::sampling::{Sampler, SamplingConfig, StopMatcher, log_probability, log_probability_at};
 use super::tokenizer::{TokenId, Tokenizer};
 use crate::{ModelError, ModelErrorKind};
 
@@ -96,8 +96,11 @@ pub struct Generation {
     /// Every sampled token, including an end-of-generation token and the token that completed a
     /// stop sequence (the policy's actual choices).
     pub completion_ids: Vec<TokenId>,
-    /// `log_softmax` of the unmodified logits (temperature 1) at each sampled token.
+    /// `log_softmax(logits / T)` at each sampled token, `T` the sampling temperature (1 when
+    /// greedy): the behaviour policy's log-probabilities.
     pub completion_logprobs: Vec<f32>,
+    /// That `T`.
+    pub logprob_temperature: f32,
     /// The decoded completion, without an end-of-generation token and cut before a stop sequence.
     pub text: String,
     pub finish: FinishReason,
@@ -578,6 +581,7 @@ impl Worker {
             };
             let text = String::from_utf8_lossy(&active.stops.bytes()[..text_len]).into_owned();
             let generation = Generation {
+                logprob_temperature: active.sampler.policy_temperature(),
                 completion_ids: active.generated,
                 completion_logprobs: active.logprobs,
                 text,
@@ -733,7 +737,10 @@ impl Worker {
 fn accept_token(active: &mut Active, logits: &[f32], tokenizer: &Tokenizer, context_length: usize) {
     let token = active.sampler.sample(logits);
     active.generated.push(token);
-    active.logprobs.push(log_probability(logits, token));
+    let temperature = active.sampler.policy_temperature();
+    active
+        .logprobs
+        .push(log_probability_at(logits, token, temperature));
     if tokenizer.is_end_of_generation(token) {
         active.finished = Some((FinishReason::Stop, active.stops.bytes().len()));
         return;

@@ -1,9 +1,10 @@
 //! Choosing the next token from logits, the log-probabilities recorded for training, and
 //! text-level stop sequences.
 //!
-//! Recorded log-probabilities are always `log_softmax` of the model's *unmodified* logits (at
-//! temperature 1, before top-p), whatever the sampling settings: they describe the policy the
-//! trainer optimizes, not the sampling heuristics around it.
+//! Recorded log-probabilities are those of the sampling policy: `log_softmax(logits / T)` at the
+//! sampling temperature `T` (1 for greedy decoding), before top-p. The trainer divides its logits
+//! by the same `T`, so its ratio to the behaviour policy starts at 1; training rollouts sample with
+//! `top_p = 1`, where the recorded distribution is exactly the sampled one (TRL #4159, #6789).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -43,6 +44,11 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// The temperature of the distribution this sampler's recorded log-probabilities describe.
+    pub fn policy_temperature(&self) -> f32 {
+        policy_temperature(self.config.temperature)
+    }
+
     pub fn new(config: SamplingConfig) -> Sampler {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
@@ -126,12 +132,29 @@ pub fn argmax(logits: &[f32]) -> TokenId {
 
 /// `log_softmax(logits)[id]`, computed stably in f64.
 pub fn log_probability(logits: &[f32], id: TokenId) -> f32 {
+    log_probability_at(logits, id, 1.0)
+}
+
+/// `log_softmax(logits / temperature)` at `id`; a temperature that is not positive and finite
+/// counts as 1 (the distribution greedy decoding describes).
+pub fn log_probability_at(logits: &[f32], id: TokenId, temperature: f32) -> f32 {
+    let inverse = f64::from(policy_temperature(temperature)).recip();
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits
         .iter()
-        .map(|&logit| f64::from(logit - max).exp())
+        .map(|&logit| (f64::from(logit - max) * inverse).exp())
         .sum();
-    (f64::from(logits[id as usize] - max) - sum.ln()) as f32
+    (f64::from(logits[id as usize] - max) * inverse - sum.ln()) as f32
+}
+
+/// The temperature whose distribution recorded log-probabilities describe: the sampling
+/// temperature, or 1 for greedy decoding.
+pub fn policy_temperature(temperature: f32) -> f32 {
+    if temperature > 0.0 && temperature.is_finite() {
+        temperature
+    } else {
+        1.0
+    }
 }
 
 /// Finds stop sequences in generated text as it grows token by token. Matching is on bytes, so a
@@ -184,6 +207,30 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn log_probabilities_are_those_of_the_tempered_distribution() {
+        let logits = [2.0f32, 0.5, -1.0, 0.0];
+        for temperature in [0.3f32, 0.7, 1.0, 1.5] {
+            let scaled: Vec<f64> = logits.iter().map(|&l| f64::from(l / temperature)).collect();
+            let norm = scaled.iter().map(|v| v.exp()).sum::<f64>().ln();
+            for (id, value) in scaled.iter().enumerate() {
+                let expected = value - norm;
+                let got = f64::from(log_probability_at(&logits, id as TokenId, temperature));
+                assert!(
+                    (got - expected).abs() < 1e-6,
+                    "T {temperature}, id {id}: {got} vs {expected}"
+                );
+            }
+        }
+        // Greedy decoding records the temperature-1 distribution.
+        assert_eq!(
+            log_probability_at(&logits, 1, 0.0),
+            log_probability(&logits, 1)
+        );
+        assert_eq!(policy_temperature(0.0), 1.0);
+        assert_eq!(policy_temperature(0.7), 0.7);
+    }
+
     use super::*;
 
     #[test]
