@@ -9,10 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::cluster::{coordinator, default_flags, worker};
-use common::{kiln_binary, shop_agent, stderr, stdout};
+use common::{kiln_without_data, shop_agent, stderr, stdout};
 use kiln_models::testing::{Script, ScriptedServer};
 use kiln_worker::testing::NatsServer;
 use serde_json::Value;
@@ -35,12 +35,22 @@ impl Drop for Workdir {
 }
 
 fn kiln(cwd: &Path, args: &[String]) -> Output {
-    Command::new(kiln_binary())
-        .args(args)
-        .current_dir(cwd)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("the kiln binary runs")
+    kiln_without_data(cwd, args)
+}
+
+/// `kiln ARGS…` off the async runtime (the test model's server runs on it), asserting success.
+async fn kiln_succeeds(cwd: &Path, args: Vec<String>, what: &str) -> Output {
+    let cwd = cwd.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || kiln(&cwd, &args))
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{what} failed\nstdout:\n{}\nstderr:\n{}",
+        stdout(&output),
+        stderr(&output)
+    );
+    output
 }
 
 fn audit(dir: &Path) -> Vec<Value> {
@@ -107,17 +117,7 @@ async fn evolution_ships_the_good_edit_rejects_the_regressing_one_and_replays() 
     let out: PathBuf = work.path().join("evo");
     eprintln!("evolution directory: {}", out.display());
     let work = Workdir(Some(work));
-    let args = evolve_args(&model, &out);
-    let cwd = work.path().to_path_buf();
-    let output = tokio::task::spawn_blocking(move || kiln(&cwd, &args))
-        .await
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "kiln evolve failed\nstdout:\n{}\nstderr:\n{}",
-        stdout(&output),
-        stderr(&output)
-    );
+    let output = kiln_succeeds(work.path(), evolve_args(&model, &out), "kiln evolve").await;
     let log = stderr(&output);
     assert!(
         log.contains("R1 gate"),
@@ -202,12 +202,7 @@ async fn evolution_ships_the_good_edit_rejects_the_regressing_one_and_replays() 
         "replay".into(),
         out.display().to_string(),
     ];
-    let cwd = work.path().to_path_buf();
-    let args = replay.clone();
-    let output = tokio::task::spawn_blocking(move || kiln(&cwd, &args))
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
+    let output = kiln_succeeds(work.path(), replay.clone(), "kiln evolve replay").await;
     assert!(
         stdout(&output).contains("all identical"),
         "{}",
@@ -277,19 +272,10 @@ async fn the_same_evolution_over_nats_with_two_workers_makes_the_same_decisions(
     let mut on_cluster = evolve_args(&model, &clustered);
     on_cluster.extend(["--nats".to_string(), url.clone()]);
     for (args, label) in [
-        (evolve_args(&model, &embedded), "embedded"),
-        (on_cluster, "nats"),
+        (evolve_args(&model, &embedded), "kiln evolve (embedded)"),
+        (on_cluster, "kiln evolve --nats"),
     ] {
-        let cwd = work.path().to_path_buf();
-        let output = tokio::task::spawn_blocking(move || kiln(&cwd, &args))
-            .await
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "kiln evolve ({label}) failed\nstdout:\n{}\nstderr:\n{}",
-            stdout(&output),
-            stderr(&output)
-        );
+        kiln_succeeds(work.path(), args, label).await;
     }
     let (a, b) = (audit(&embedded), audit(&clustered));
     assert!(
@@ -334,11 +320,7 @@ async fn a_meta_model_that_writes_no_patch_gives_rejected_proposals_not_a_crash(
         "--meta-model".into(),
         model.clone(),
     ]);
-    let cwd = work.path().to_path_buf();
-    let output = tokio::task::spawn_blocking(move || kiln(&cwd, &args))
-        .await
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
+    kiln_succeeds(work.path(), args, "kiln evolve --evolver both").await;
     let invalid: Vec<Value> = audit(&out)
         .into_iter()
         .filter(|d| d["stage"] == "evolver")

@@ -20,6 +20,11 @@ pub fn kiln_binary() -> &'static str {
 /// not installed, since every test here needs it.
 pub fn kiln(cwd: &Path, args: &[&str]) -> Output {
     require_tau2_data();
+    kiln_without_data(cwd, args)
+}
+
+/// `kiln ARGS…` run in `cwd`, for commands that need no installed data.
+pub fn kiln_without_data<S: AsRef<std::ffi::OsStr>>(cwd: &Path, args: &[S]) -> Output {
     Command::new(kiln_binary())
         .args(args)
         .current_dir(cwd)
