@@ -1,6 +1,7 @@
-//! A small seeded generator (SplitMix64) owned by this crate, so split draws and the rules
-//! evolver's choices are bit-for-bit reproducible from `--seed` across dependency upgrades and
-//! platforms (only integer arithmetic; no floating-point transcendental functions anywhere).
+//! A small seeded generator ([`kiln_protocol::rng::splitmix64`] with this crate's own `below`,
+//! `unit` and purposes), so split draws and the rules evolver's choices are bit-for-bit
+//! reproducible from `--seed` across dependency upgrades and platforms (only integer arithmetic;
+//! no floating-point transcendental functions anywhere).
 
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Debug, Clone)]
@@ -20,11 +21,7 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        kiln_protocol::rng::splitmix64(&mut self.state)
     }
 
     /// Uniform in `0..bound` (`bound > 0`), without modulo bias.

@@ -161,7 +161,7 @@ async fn stop_sequences_and_max_tokens_end_the_generation() {
 }
 
 #[tokio::test]
-async fn logprobs_match_a_rescore_of_the_same_tokens() {
+async fn logprobs_match_a_rescore_of_the_same_tokens_at_the_sampling_temperature() {
     let chat = shared();
     let prompt = prompt_ids(chat, "Write a short poem about rain.");
     let params = GenerationParams {
@@ -179,15 +179,27 @@ async fn logprobs_match_a_rescore_of_the_same_tokens() {
         .await
         .unwrap();
     assert!(generation.completion_logprobs.iter().all(|&lp| lp <= 0.0));
-    let rescored = chat
+    assert_eq!(generation.logprob_temperature, 0.8);
+    let ids = vec![generation.completion_ids.clone()];
+    let tempered = chat
         .engine()
-        .score(prompt, vec![generation.completion_ids.clone()])
+        .score_at(prompt.clone(), ids.clone(), 0.8)
         .await
         .unwrap();
-    assert_eq!(rescored[0].len(), generation.completion_ids.len());
-    for (generated, scored) in generation.completion_logprobs.iter().zip(&rescored[0]) {
+    assert_eq!(tempered[0].len(), generation.completion_ids.len());
+    for (generated, scored) in generation.completion_logprobs.iter().zip(&tempered[0]) {
         assert!((generated - scored).abs() < 1e-3, "{generated} vs {scored}");
     }
+    // At temperature 1 the same tokens score differently: the recorded values are the tempered
+    // policy's, which the trainer reproduces by dividing its logits by 0.8.
+    let untempered = chat.engine().score(prompt, ids).await.unwrap();
+    let differing = generation
+        .completion_logprobs
+        .iter()
+        .zip(&untempered[0])
+        .filter(|(a, b)| (*a - *b).abs() > 1e-3)
+        .count();
+    assert!(differing > 0, "tempering changed no log-probability");
 }
 
 #[tokio::test]

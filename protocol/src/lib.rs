@@ -14,6 +14,7 @@ pub mod harness_spec;
 pub mod model_spec;
 pub mod names;
 pub mod outcome;
+pub mod rng;
 pub mod task;
 pub mod trajectory;
 

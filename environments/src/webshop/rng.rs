@@ -1,7 +1,8 @@
 //! A small seeded generator (SplitMix64) so the synthetic catalog and goals are the same on every
 //! machine and every Rust/crate version (no dependency on `rand`'s algorithm choices).
 
-/// SplitMix64: fast, statistically fine for data generation, fully determined by its seed.
+/// SplitMix64 ([`kiln_protocol::rng::splitmix64`]): fast, statistically fine for data
+/// generation, fully determined by its seed.
 #[derive(Debug, Clone)]
 pub struct Rng {
     state: u64,
@@ -16,18 +17,14 @@ impl Rng {
     /// A generator derived from this seed and a label, so independent streams stay stable when
     /// one of them changes how much it draws.
     pub fn derive(seed: u64, label: u64) -> Self {
-        let mut mixer = Self::new(seed ^ label.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut mixer = Self::new(seed ^ label.wrapping_mul(kiln_protocol::rng::GAMMA));
         mixer.next_u64();
         mixer
     }
 
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        kiln_protocol::rng::splitmix64(&mut self.state)
     }
 
     /// Uniform in `0..bound` (`bound` > 0).

@@ -734,15 +734,11 @@ impl Wiki {
         }
         let mut state = self
             .random_state
-            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            .fetch_add(kiln_protocol::rng::GAMMA, Ordering::Relaxed);
         let mut order: Vec<usize> = (0..pages.len()).collect();
         // Fisher–Yates with SplitMix64: a fresh draw per request, distinct pages within it.
         for end in (1..order.len()).rev() {
-            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
+            let z = kiln_protocol::rng::splitmix64(&mut state);
             order.swap(end, (z % (end as u64 + 1)) as usize);
         }
         let random: Vec<Value> = order

@@ -27,7 +27,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::llama::{KvCache, LlamaError, LlamaErrorKind, LlamaModel, LogitsWanted, SequenceInput};
-use super::sampling::{Sampler, SamplingConfig, StopMatcher, log_probability, log_probability_at};
+use super::sampling::{Sampler, SamplingConfig, StopMatcher, log_probability_at};
 use super::tokenizer::{TokenId, Tokenizer};
 use crate::{ModelError, ModelErrorKind};
 
@@ -188,6 +188,7 @@ enum Job {
     Score {
         prompt: Vec<TokenId>,
         candidates: Vec<Vec<TokenId>>,
+        temperature: f32,
         reply: oneshot::Sender<Result<Vec<Vec<f32>>, EngineError>>,
     },
 }
@@ -258,10 +259,22 @@ impl Engine {
         prompt: Vec<TokenId>,
         candidates: Vec<Vec<TokenId>>,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.score_at(prompt, candidates, 1.0).await
+    }
+
+    /// [`Engine::score`] with the log-probabilities of `log_softmax(logits / temperature)`: what
+    /// a generation sampled at that temperature records for the same tokens.
+    pub async fn score_at(
+        &self,
+        prompt: Vec<TokenId>,
+        candidates: Vec<Vec<TokenId>>,
+        temperature: f32,
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let (reply, answer) = oneshot::channel();
         self.send(Job::Score {
             prompt,
             candidates,
+            temperature,
             reply,
         })?;
         answer.await.map_err(|_| stopped())?
@@ -366,9 +379,10 @@ impl Worker {
                 Job::Score {
                     prompt,
                     candidates,
+                    temperature,
                     reply,
                 } => {
-                    let result = self.score(prompt, &candidates);
+                    let result = self.score(prompt, &candidates, temperature);
                     let _ = reply.send(result);
                 }
             }
@@ -612,6 +626,7 @@ impl Worker {
         &mut self,
         prompt: Vec<TokenId>,
         candidates: &[Vec<TokenId>],
+        temperature: f32,
     ) -> Result<Vec<Vec<f32>>, EngineError> {
         self.check_prompt(&prompt)?;
         let longest = candidates.iter().map(Vec::len).max().unwrap_or(0);
@@ -644,7 +659,7 @@ impl Worker {
         self.stats
             .prompt_tokens_computed
             .fetch_add((prompt.len() - reused) as u64, Ordering::Relaxed);
-        let scores = match self.score_branches(&mut cache, &last_logits, candidates) {
+        let scores = match self.score_branches(&mut cache, &last_logits, candidates, temperature) {
             Some(scores) => scores?,
             None => {
                 let mut scores = Vec::with_capacity(candidates.len());
@@ -654,6 +669,7 @@ impl Worker {
                         &last_logits,
                         candidate,
                         prompt.len(),
+                        temperature,
                     )?);
                 }
                 scores
@@ -671,6 +687,7 @@ impl Worker {
         cache: &mut KvCache,
         prompt_logits: &[f32],
         candidates: &[Vec<TokenId>],
+        temperature: f32,
     ) -> Option<Result<Vec<Vec<f32>>, EngineError>> {
         // A candidate's last token is only scored, never fed.
         let branches: Vec<&[TokenId]> = candidates
@@ -695,11 +712,11 @@ impl Worker {
                 let Some((&first, rest)) = candidate.split_first() else {
                     return Vec::new();
                 };
-                let mut logprobs = vec![log_probability(prompt_logits, first)];
+                let mut logprobs = vec![log_probability_at(prompt_logits, first, temperature)];
                 logprobs.extend(
                     rows.iter()
                         .zip(rest)
-                        .map(|(row, &next)| log_probability(row, next)),
+                        .map(|(row, &next)| log_probability_at(row, next, temperature)),
                 );
                 logprobs
             })
@@ -712,11 +729,12 @@ impl Worker {
         prompt_logits: &[f32],
         candidate: &[TokenId],
         prompt_len: usize,
+        temperature: f32,
     ) -> Result<Vec<f32>, EngineError> {
         let Some((&first, _)) = candidate.split_first() else {
             return Ok(Vec::new());
         };
-        let mut logprobs = vec![log_probability(prompt_logits, first)];
+        let mut logprobs = vec![log_probability_at(prompt_logits, first, temperature)];
         if candidate.len() > 1 {
             let mut inputs = [SequenceInput {
                 tokens: &candidate[..candidate.len() - 1],
@@ -725,7 +743,7 @@ impl Worker {
             }];
             let rows = self.model.forward(&mut inputs)?.remove(0);
             for (row, &next) in rows.iter().zip(&candidate[1..]) {
-                logprobs.push(log_probability(row, next));
+                logprobs.push(log_probability_at(row, next, temperature));
             }
             cache.truncate(prompt_len);
         }

@@ -157,7 +157,8 @@ impl Default for ScriptLimits {
     }
 }
 
-/// SplitMix64: small and stable across crate versions, so a script's random choices replay
+/// SplitMix64 ([`kiln_protocol::rng::splitmix64`]): small and stable across crate versions, so a
+/// script's random choices replay
 /// exactly from the episode's seed.
 #[derive(Debug, Clone)]
 pub struct Rng(u64);
@@ -168,11 +169,7 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        kiln_protocol::rng::splitmix64(&mut self.0)
     }
 
     /// Uniform in `0..n` (`n` > 0).
