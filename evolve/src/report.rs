@@ -211,7 +211,7 @@ async fn held_out_rollout(
     };
     evolution.progress.stage(
         u32::MAX,
-        "final",
+        "held-out",
         &format!("{purpose}: {} held-out tasks x {attempts}", tasks.len()),
     );
     evolution.rollouts.run(&request).await?;
