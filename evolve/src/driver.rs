@@ -1307,6 +1307,14 @@ impl Evolution {
                         stats.map_or("-".into(), |s| format!("{:+.3}", s.net_gain)),
                     )
                 }
+                // Accepted by the critic but not gated: the same harness was gated against this
+                // parent before (audit.jsonl has the `dedup` line).
+                None if verdict.accepted() => (
+                    "not gated: already gated against this parent".into(),
+                    "-".into(),
+                    "-".into(),
+                    "-".into(),
+                ),
                 None => ("-".into(), "-".into(), "-".into(), "-".into()),
             };
             let critic = if verdict.accepted() {
