@@ -13,7 +13,6 @@ use std::process::Output;
 
 use common::cluster::{coordinator, default_flags, worker};
 use common::{kiln_without_data, shop_agent, stderr, stdout};
-use kiln_models::testing::{Script, ScriptedServer};
 use kiln_worker::testing::NatsServer;
 use serde_json::Value;
 
@@ -109,10 +108,7 @@ fn evolve_args(model: &str, out: &Path) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn evolution_ships_the_good_edit_rejects_the_regressing_one_and_replays() {
-    let server = ScriptedServer::start_with_responder(Script::default(), shop_agent::responder())
-        .await
-        .unwrap();
-    let model = format!("openai:scripted@{}", server.base_url());
+    let (_server, model) = shop_agent::serve().await;
     let work = tempfile::tempdir().unwrap();
     let out: PathBuf = work.path().join("evo");
     eprintln!("evolution directory: {}", out.display());
@@ -253,10 +249,7 @@ fn resuming_with_other_settings_is_refused_naming_them() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_evolution_over_nats_with_two_workers_makes_the_same_decisions() {
-    let server = ScriptedServer::start_with_responder(Script::default(), shop_agent::responder())
-        .await
-        .unwrap();
-    let model = format!("openai:scripted@{}", server.base_url());
+    let (_server, model) = shop_agent::serve().await;
     let work = tempfile::tempdir().unwrap();
     let nats = NatsServer::start();
     let url = nats.url();
@@ -305,10 +298,7 @@ async fn the_same_evolution_over_nats_with_two_workers_makes_the_same_decisions(
 async fn a_meta_model_that_writes_no_patch_gives_rejected_proposals_not_a_crash() {
     // The same server answers the agent and the meta-model: the meta-model's replies are shop
     // actions, not JSON patches.
-    let server = ScriptedServer::start_with_responder(Script::default(), shop_agent::responder())
-        .await
-        .unwrap();
-    let model = format!("openai:scripted@{}", server.base_url());
+    let (_server, model) = shop_agent::serve().await;
     let work = tempfile::tempdir().unwrap();
     let out = work.path().join("evo");
     let mut args = evolve_args(&model, &out);

@@ -37,7 +37,7 @@ pub enum ArtifactError {
     Candidate { id: String, message: String },
 }
 
-fn write(path: &Path, text: &str) -> Result<(), ArtifactError> {
+pub(crate) fn write(path: &Path, text: &str) -> Result<(), ArtifactError> {
     let io = |source| ArtifactError::Io {
         path: path.to_path_buf(),
         source,

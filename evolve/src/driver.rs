@@ -33,7 +33,7 @@ use crate::rollouts::{
 };
 use crate::splits::{EvolutionSplits, SplitRole};
 use crate::stats;
-use crate::traces::TraceStore;
+use crate::traces::{RunTraces, TraceStore};
 
 /// `evolve.toml`: everything that defines an evolution. A resumed evolution must match it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,26 +101,9 @@ pub enum EvolveError {
     #[error(transparent)]
     Traces(#[from] crate::traces::TraceError),
     #[error(transparent)]
-    Artifacts(#[from] ArtifactFailure),
+    Artifacts(#[from] artifacts::ArtifactError),
     #[error("{0}")]
     Invalid(String),
-}
-
-/// An artifact that could not be written or read.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ArtifactFailure {
-    pub path: String,
-    pub message: String,
-}
-
-impl From<artifacts::ArtifactError> for EvolveError {
-    fn from(error: artifacts::ArtifactError) -> Self {
-        EvolveError::Artifacts(ArtifactFailure {
-            path: String::new(),
-            message: error.to_string(),
-        })
-    }
 }
 
 /// Progress of the loop: round, stage, what is being done.
@@ -166,18 +149,18 @@ const SMOKE_SCOPE: &str = "smoke";
 const FAILED_MARKER: &str = "rollout-failed.txt";
 
 /// One rollout the loop asks for.
-struct Rollout<'a> {
-    round: u32,
-    purpose: String,
-    dir: PathBuf,
-    spec: &'a HarnessSpec,
-    role: SplitRole,
-    tasks: Vec<String>,
-    attempts: u32,
-    seed_scope: &'a str,
+pub(crate) struct Rollout<'a> {
+    pub(crate) round: u32,
+    pub(crate) purpose: String,
+    pub(crate) dir: PathBuf,
+    pub(crate) spec: &'a HarnessSpec,
+    pub(crate) role: SplitRole,
+    pub(crate) tasks: Vec<String>,
+    pub(crate) attempts: u32,
+    pub(crate) seed_scope: &'a str,
     /// A candidate's rollout: its failure is remembered (and rejects the candidate); a parent's
     /// failure stops the evolution and is tried again on `--resume`.
-    candidate: bool,
+    pub(crate) candidate: bool,
 }
 
 /// One point of `curves.json`: the parent after a round.
@@ -336,9 +319,20 @@ impl Evolution {
         let mut stalled = 0u32;
         let mut rounds_run = 0u32;
         let mut stop_reason = format!("ran all {} rounds", self.config.rounds);
+        let mut search_run: Option<RunTraces> = None;
+        let mut previous_proposals: Option<Proposals> = None;
         for round in 1..=self.config.rounds {
             rounds_run = round;
-            let run = store.load_run(&parent.search_dir)?.clone();
+            // A parent's search rollouts are read once, not again each round it stays the parent.
+            if search_run
+                .as_ref()
+                .is_none_or(|run| run.dir != parent.search_dir)
+            {
+                search_run = Some(store.load_run(&parent.search_dir)?.clone());
+            }
+            let run = search_run
+                .as_ref()
+                .expect("the parent's search run is loaded");
             let episodes_of: Vec<Episode<'_>> = run
                 .outcomes
                 .iter()
@@ -355,8 +349,8 @@ impl Evolution {
             );
             self.progress
                 .stage(round, "digest", &format!("{} search tasks", digests.len()));
-            if round > 1 {
-                self.update_predictions(&mut scores, &digests, &history, round);
+            if let Some(previous) = &previous_proposals {
+                self.update_predictions(&mut scores, previous, &digests, &history, round);
             }
             let landscape = plan(PlanInput {
                 round,
@@ -373,7 +367,7 @@ impl Evolution {
                     landscape.solved, landscape.flaky, landscape.failed
                 ),
             );
-            let demonstrations = demonstrations(&run, &self.splits);
+            let demonstrations = demonstrations(run, &self.splits);
             let proposals = self
                 .proposals(
                     round,
@@ -549,22 +543,22 @@ impl Evolution {
             } else {
                 None
             };
-            if let Some((decision, _, _)) = &combined {
+            if let Some(Gated { decision, .. }) = &combined {
                 audit.push(json!({
                     "round": round, "candidate_id": decision.candidate_id, "stage": "combination_gate",
                     "decision": if decision.shipped() { "ship" } else { "reject" },
                     "gate": decision,
                 }));
             }
-            let choice = combination_decision(&members, combined.as_ref().map(|c| &c.0));
+            let choice = combination_decision(&members, combined.as_ref().map(|c| &c.decision));
             audit.push(json!({
                 "round": round, "stage": "ship", "ship": choice.ship, "reason": choice.reason,
             }));
             let shipped = choice.ship.clone();
             let new_parent = match (&combined, shipped.len()) {
                 (_, 0) => None,
-                (Some((decision, child, table)), n) if n > 1 && decision.shipped() => {
-                    Some((child.clone(), table.clone()))
+                (Some(combination), n) if n > 1 && combination.decision.shipped() => {
+                    Some((combination.child.clone(), combination.child_table.clone()))
                 }
                 _ => gated
                     .get(&shipped[0])
@@ -591,10 +585,11 @@ impl Evolution {
                     &decisions,
                     &choice.ship,
                     &choice.reason,
-                    combined.as_ref().map(|c| &c.0),
+                    combined.as_ref().map(|c| &c.decision),
                 )?;
             }
             previous_digests = Some(digests);
+            previous_proposals = Some(proposals);
             match new_parent {
                 Some((spec, table)) => {
                     stalled = 0;
@@ -641,7 +636,7 @@ impl Evolution {
         harness_file(&self.dir, spec, self.mode)
     }
 
-    async fn rollout(
+    pub(crate) async fn rollout(
         &self,
         plan: Rollout<'_>,
         episodes: &mut Tally,
@@ -1137,7 +1132,7 @@ impl Evolution {
         parent: &Parent,
         calibration: &Calibration,
         episodes: &mut Tally,
-    ) -> Result<Option<(GateDecision, HarnessSpec, BTreeMap<String, Vec<bool>>)>, EvolveError> {
+    ) -> Result<Option<Gated>, EvolveError> {
         let mut edits = Vec::new();
         for member in members {
             let Some(candidate) = proposals
@@ -1159,24 +1154,24 @@ impl Evolution {
             &self.critic_context(round, &BTreeMap::new()),
         );
         let id = format!("C-R{round}-combined");
-        let gated = self
-            .gate_candidate(
-                round,
-                &id,
-                &child,
-                verdict.budget.charge,
-                parent,
-                calibration,
-                episodes,
-            )
-            .await?;
-        Ok(Some((gated.decision, gated.child, gated.child_table)))
+        self.gate_candidate(
+            round,
+            &id,
+            &child,
+            verdict.budget.charge,
+            parent,
+            calibration,
+            episodes,
+        )
+        .await
+        .map(Some)
     }
 
     /// Realized unlocks of last round's shipped candidates: predicted search tasks solved now.
     fn update_predictions(
         &self,
         scores: &mut BTreeMap<String, LeverScore>,
+        previous: &Proposals,
         current: &[TaskDigest],
         history: &[EditRecord],
         round: u32,
@@ -1186,18 +1181,11 @@ impl Evolution {
             .filter(|d| d.status == TaskStatus::Solved)
             .map(|d| d.task_id.as_str())
             .collect();
-        let path = artifacts::round_dir(&self.dir, round - 1).join("proposals.json");
-        let Ok(text) = std::fs::read_to_string(path) else {
-            return;
-        };
-        let Ok(stored) = serde_json::from_str::<StoredProposals>(&text) else {
-            return;
-        };
         for entry in history
             .iter()
             .filter(|e| e.round == round - 1 && e.verdict == EditVerdict::Shipped)
         {
-            let Some(candidate) = stored
+            let Some(candidate) = previous
                 .candidates
                 .iter()
                 .find(|c| c.id() == entry.candidate_id)
@@ -1380,7 +1368,7 @@ fn verdict_line(decision: &GateDecision) -> String {
 }
 
 /// The agent's own successes on the search split, as demonstrations.
-fn demonstrations(run: &crate::traces::RunTraces, splits: &EvolutionSplits) -> Vec<Demonstration> {
+fn demonstrations(run: &RunTraces, splits: &EvolutionSplits) -> Vec<Demonstration> {
     let mut seen = BTreeSet::new();
     run.outcomes
         .iter()
@@ -1467,19 +1455,7 @@ pub fn harness_file(
 }
 
 pub(crate) fn write_text(path: &Path, text: &str) -> Result<(), EvolveError> {
-    let failure = |error: std::io::Error| {
-        EvolveError::Artifacts(ArtifactFailure {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        })
-    };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(failure)?;
-    }
-    // Write-then-rename: an interrupted evolution never leaves half a file behind.
-    let partial = path.with_extension("partial");
-    std::fs::write(&partial, text).map_err(failure)?;
-    std::fs::rename(&partial, path).map_err(failure)
+    Ok(artifacts::write(path, text)?)
 }
 
 pub(crate) fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), EvolveError> {

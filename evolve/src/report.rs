@@ -10,8 +10,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::driver::{CurvePoint, Evolution, EvolutionSummary, EvolveError, write_json, write_text};
-use crate::rollouts::{RolloutRequest, StoredRun, stored_run, success_table};
+use crate::driver::{
+    CurvePoint, Evolution, EvolutionSummary, EvolveError, Rollout, Tally, write_json, write_text,
+};
+use crate::rollouts::success_table;
+use crate::splits::SplitRole;
 use crate::stats::{self, Interval, PassSummary};
 use crate::traces::{FinalEvaluation, RunTraces, TraceStore};
 
@@ -99,7 +102,7 @@ pub async fn final_evaluation(
     )
     .await?;
     let seed_run = final_eval.load_held_out(&seed_dir)?;
-    let final_run = if summary.final_hash == seed_run_hash(evolution)? {
+    let final_run = if summary.final_hash == evolution.config.seed_harness {
         seed_run.clone()
     } else {
         let dir = held_out_rollout(
@@ -186,10 +189,7 @@ pub async fn final_evaluation(
     Ok(report)
 }
 
-fn seed_run_hash(evolution: &Evolution) -> Result<String, EvolveError> {
-    Ok(evolution.harness_file(&evolution.seed_harness)?.1)
-}
-
+/// A held-out rollout: the ordinary rollout path, after the trace store was given up.
 async fn held_out_rollout(
     evolution: &Evolution,
     purpose: &str,
@@ -198,29 +198,18 @@ async fn held_out_rollout(
     tasks: &[String],
     attempts: u32,
 ) -> Result<PathBuf, EvolveError> {
-    let (harness_file, harness_hash) = evolution.harness_file(spec)?;
-    let request = RolloutRequest {
+    let rollout = Rollout {
+        round: u32::MAX,
         purpose: purpose.to_string(),
-        dir: dir.clone(),
-        harness_file,
-        harness_hash,
-        split: evolution.splits.held_out_source.clone(),
+        dir,
+        spec,
+        role: SplitRole::HeldOut,
         tasks: tasks.to_vec(),
         attempts,
-        seed_scope: HELD_OUT_SCOPE.to_string(),
+        seed_scope: HELD_OUT_SCOPE,
+        candidate: false,
     };
-    evolution.progress.stage(
-        u32::MAX,
-        "held-out",
-        &format!("{purpose}: {} held-out tasks x {attempts}", tasks.len()),
-    );
-    evolution.rollouts.run(&request).await?;
-    match stored_run(&request)? {
-        StoredRun::Complete => Ok(dir),
-        other => Err(EvolveError::Invalid(format!(
-            "{purpose}: the held-out rollout ended incomplete ({other:?})"
-        ))),
-    }
+    evolution.rollout(rollout, &mut Tally::default()).await
 }
 
 fn held_out_result(

@@ -187,29 +187,9 @@ fn recorded_keys(dir: &Path) -> Result<BTreeSet<(String, u32)>, String> {
 /// The outcomes of a run directory, first record per (task, attempt); a torn last line (a crash
 /// mid-append) is left out.
 pub fn read_outcomes(dir: &Path) -> Result<Vec<Outcome>, String> {
-    let path = dir.join("outcomes.jsonl");
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => return Err(format!("cannot read {}: {error}", path.display())),
-    };
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    let mut seen = BTreeSet::new();
-    let mut outcomes = Vec::new();
-    for (index, line) in lines.iter().enumerate() {
-        match serde_json::from_str::<Outcome>(line) {
-            Ok(outcome) => {
-                if seen.insert((outcome.task_id.clone(), outcome.attempt)) {
-                    outcomes.push(outcome);
-                }
-            }
-            Err(_) if index + 1 == lines.len() => {}
-            Err(error) => {
-                return Err(format!("{} line {}: {error}", path.display(), index + 1));
-            }
-        }
-    }
-    Ok(outcomes)
+    crate::traces::read_jsonl(&dir.join("outcomes.jsonl"))
+        .map(crate::traces::dedup_outcomes)
+        .map_err(|error| error.to_string())
 }
 
 /// Per task, success of attempt 0, 1, … (a missing attempt counts as a failure).

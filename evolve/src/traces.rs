@@ -278,7 +278,7 @@ fn read_header(dir: &Path) -> Result<Header, TraceError> {
 
 /// Parses a JSON-lines file; a missing file is empty, an unparseable *last* line is a crash
 /// mid-append and is left out, a bad line elsewhere is an error naming the line.
-fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TraceError> {
+pub(crate) fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TraceError> {
     let text = match fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -311,7 +311,7 @@ fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, TraceError> {
     Ok(records)
 }
 
-fn dedup_outcomes(outcomes: Vec<Outcome>) -> Vec<Outcome> {
+pub(crate) fn dedup_outcomes(outcomes: Vec<Outcome>) -> Vec<Outcome> {
     let mut seen = std::collections::BTreeSet::new();
     outcomes
         .into_iter()

@@ -140,10 +140,7 @@ impl NatsTransport {
             };
             created.map_err(|error| backend(format!("cannot create stream {name}: {error}")))?;
         }
-        let stream = jetstream
-            .get_stream(TASKS_STREAM)
-            .await
-            .map_err(|error| backend(format!("cannot open stream {TASKS_STREAM}: {error}")))?;
+        let stream = open_stream(&jetstream, TASKS_STREAM).await?;
         let consumer: Result<PullConsumer, _> = if configure {
             stream.create_consumer(consumer_config(&options)).await
         } else {
@@ -270,12 +267,7 @@ impl Transport for NatsTransport {
         run_id: &str,
     ) -> Result<UnboundedReceiver<TaskResult>, TransportError> {
         let subject = checked_subject(run_id, outcome_subject)?;
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream(OUTCOMES_STREAM)
-            .await
-            .map_err(|error| backend(format!("cannot open stream {OUTCOMES_STREAM}: {error}")))?;
+        let stream = open_stream(&self.inner.jetstream, OUTCOMES_STREAM).await?;
         let config = OrderedConfig {
             filter_subject: subject.clone(),
             deliver_policy: DeliverPolicy::All,
@@ -295,12 +287,7 @@ impl Transport for NatsTransport {
 
     async fn queued(&self, run_id: &str) -> Result<BTreeSet<(String, u32)>, TransportError> {
         let subject = checked_subject(run_id, task_subject)?;
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream(TASKS_STREAM)
-            .await
-            .map_err(|error| backend(format!("cannot open stream {TASKS_STREAM}: {error}")))?;
+        let stream = open_stream(&self.inner.jetstream, TASKS_STREAM).await?;
         // A work-queue stream holds exactly the unacknowledged tasks; walk the run's subject with
         // direct gets (a second consumer is not allowed on a work queue).
         let mut keys = BTreeSet::new();
@@ -332,12 +319,7 @@ impl Transport for NatsTransport {
 
     async fn published(&self, run_id: &str) -> Result<BTreeSet<(String, u32)>, TransportError> {
         let subject = checked_subject(run_id, outcome_subject)?;
-        let stream = self
-            .inner
-            .jetstream
-            .get_stream(OUTCOMES_STREAM)
-            .await
-            .map_err(|error| backend(format!("cannot open stream {OUTCOMES_STREAM}: {error}")))?;
+        let stream = open_stream(&self.inner.jetstream, OUTCOMES_STREAM).await?;
         // Headers only: the message id names the key, and the trajectories stay on the server.
         let consumer: PullConsumer = stream
             .create_consumer(PullConfig {
@@ -579,6 +561,17 @@ impl TaskLease for NatsLease {
             .await
             .map_err(|error| backend(format!("term of {}: {error}", self.describe())))
     }
+}
+
+/// Opens one of Kiln's streams, naming it in the error.
+async fn open_stream(
+    jetstream: &Context,
+    name: &str,
+) -> Result<jetstream::stream::Stream, TransportError> {
+    jetstream
+        .get_stream(name)
+        .await
+        .map_err(|error| backend(format!("cannot open stream {name}: {error}")))
 }
 
 fn backend(message: String) -> TransportError {

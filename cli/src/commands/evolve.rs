@@ -96,11 +96,11 @@ pub async fn evolve(args: EvolveRunArgs) -> anyhow::Result<ExitCode> {
             .map(|config| config.seed_harness.clone())
             .unwrap_or_default(),
     };
-    let pick = |given: Option<u64>, from: fn(&EvolveConfig) -> u64, default: u64| {
-        given
-            .or_else(|| stored.as_ref().map(from))
-            .unwrap_or(default)
-    };
+    // A flag given wins, then evolve.toml when resuming, then the default.
+    let stored_ref = stored.as_ref();
+    fn pick<T>(given: Option<T>, stored: Option<T>, default: T) -> T {
+        given.or(stored).unwrap_or(default)
+    }
     let evolver = args
         .evolver
         .clone()
@@ -114,37 +114,29 @@ pub async fn evolve(args: EvolveRunArgs) -> anyhow::Result<ExitCode> {
         env: env.clone(),
         model: model.to_string(),
         seed_harness: seed_hash,
-        rounds: pick(args.rounds.map(u64::from), |c| u64::from(c.rounds), 3) as u32,
-        candidates: pick(
-            args.candidates.map(|v| v as u64),
-            |c| c.candidates as u64,
-            3,
-        ) as usize,
-        attempts: pick(args.attempts.map(u64::from), |c| u64::from(c.attempts), 2) as u32,
+        rounds: pick(args.rounds, stored_ref.map(|c| c.rounds), 3),
+        candidates: pick(args.candidates, stored_ref.map(|c| c.candidates), 3),
+        attempts: pick(args.attempts, stored_ref.map(|c| c.attempts), 2),
         search_attempts: pick(
-            args.search_attempts.map(u64::from),
-            |c| u64::from(c.search_attempts),
+            args.search_attempts,
+            stored_ref.map(|c| c.search_attempts),
             1,
-        ) as u32,
-        final_attempts: pick(
-            args.final_attempts.map(u64::from),
-            |c| u64::from(c.final_attempts),
-            3,
-        ) as u32,
-        patience: pick(args.patience.map(u64::from), |c| u64::from(c.patience), 2) as u32,
-        search: pick(args.search.map(|v| v as u64), |c| c.search as u64, 10) as usize,
-        gate: pick(args.gate.map(|v| v as u64), |c| c.gate as u64, 10) as usize,
+        ),
+        final_attempts: pick(args.final_attempts, stored_ref.map(|c| c.final_attempts), 3),
+        patience: pick(args.patience, stored_ref.map(|c| c.patience), 2),
+        search: pick(args.search, stored_ref.map(|c| c.search), 10),
+        gate: pick(args.gate, stored_ref.map(|c| c.gate), 10),
         held_out: args
             .held_out
             .or_else(|| stored.as_ref().and_then(|c| c.held_out)),
         evolver,
         meta_model,
-        seed: pick(args.seed, |c| c.seed, 0),
+        seed: pick(args.seed, stored_ref.map(|c| c.seed), 0),
         baseline_max_attempts: pick(
-            args.baseline_max_attempts.map(u64::from),
-            |c| u64::from(c.baseline_max_attempts),
+            args.baseline_max_attempts,
+            stored_ref.map(|c| c.baseline_max_attempts),
             8,
-        ) as u32,
+        ),
         gate_config: stored
             .as_ref()
             .map(|c| c.gate_config.clone())

@@ -14,13 +14,23 @@
 
 use std::sync::Arc;
 
-use kiln_models::testing::{Responder, ScriptedResponse};
+use kiln_models::testing::{Responder, Script, ScriptedResponse, ScriptedServer};
 use serde_json::Value;
 
 /// The strategy line that makes the agent choose options.
 pub const OPTIONS_HINT: &str = "click the options the instruction asks for";
 /// The few-shot operator's marker.
 pub const EXAMPLE_MARKER: &str = "\nExample (";
+
+/// The agent on a free local port, and its model spec (`openai:scripted@URL`). It serves until the
+/// server is dropped.
+pub async fn serve() -> (ScriptedServer, String) {
+    let server = ScriptedServer::start_with_responder(Script::default(), responder())
+        .await
+        .expect("the test model's server starts");
+    let model = format!("openai:scripted@{}", server.base_url());
+    (server, model)
+}
 
 /// The responder for [`kiln_models::testing::ScriptedServer::start_with_responder`].
 pub fn responder() -> Responder {
